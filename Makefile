@@ -1,0 +1,41 @@
+# The README's two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+# twistd finds twisted/plugins/presence_plugin.py through sys.path (an editable install
+# does not place it in site-packages).
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test lint typecheck unit e2e bench clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/twistd -n --pidfile= presence --port tcp:$(PORT)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check presence tests twisted
+	$(BIN)/ruff format --check presence tests twisted
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest -m "not e2e"
+
+e2e: $(BIN)/.installed
+	$(BIN)/pytest -m e2e
+
+test: lint typecheck
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(PYTHON) ../shared/bench/compare.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache

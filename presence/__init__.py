@@ -1,0 +1,3 @@
+"""presence: a WebSocket presence daemon on Twisted and Autobahn."""
+
+__version__ = "0.1.0"

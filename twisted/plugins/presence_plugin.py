@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+presence = ServiceMaker("presence", "presence.tap", "A WebSocket presence daemon.", "presence")
