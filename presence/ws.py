@@ -13,6 +13,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from txaio._common import _BatchedTimer
 
 from . import wire
 from .hub import PresenceHub
@@ -208,6 +209,10 @@ class PresenceFactory(WebSocketServerFactory):
         self, hub: PresenceHub, metrics: Metrics, config: ProtocolConfig, clock: IReactorTime
     ) -> None:
         super().__init__(reactor=clock)
+        # Autobahn's handshake and close timers otherwise run on txaio's global reactor.
+        self._batched_timer = _BatchedTimer(
+            200.0, 1000, seconds_provider=clock.seconds, delayed_call_creator=clock.callLater
+        )
         self.hub = hub
         self.metrics = metrics
         self.config = config
