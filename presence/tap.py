@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -101,6 +103,12 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = [DEFAULT_PORT]
+        for description in self["ports"]:
+            try:
+                # Parsing needs no real reactor (and twistd has not installed one yet).
+                endpoints.serverFromString(MemoryReactor(), description)
+            except Exception as e:
+                raise usage.UsageError(f"--port {description}: {e}") from None
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
             raise usage.UsageError("--heartbeat-timeout must be longer than --heartbeat-interval")
 
@@ -136,6 +144,24 @@ class ShutdownService(Service):
         return done
 
 
+class ListeningPort(StreamServerEndpointService):
+    """A listening port whose failure to bind stops start-up with one clear line."""
+
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(
+                f"presence: cannot listen on {self.description}: {e.socketError}"
+            ) from None
+
+
 def reaper_interval(heartbeat_timeout: float) -> float:
     return min(1.0, heartbeat_timeout / 4)
 
@@ -165,7 +191,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         hub, options["heartbeat-timeout"], reactor, reaper_interval(options["heartbeat-timeout"])
     ).setServiceParent(root)
     for description in options["ports"]:
-        # strports.service raises at start-up if the port cannot be bound.
-        strports.service(description, site, reactor=reactor).setServiceParent(root)
+        ListeningPort(description, site, reactor).setServiceParent(root)
     log.info("presence serving on {ports}", ports=", ".join(options["ports"]))
     return root
