@@ -40,6 +40,16 @@ def _close_code(proto: WebSocketServerProtocol) -> int | None:
     return proto.localCloseCode if proto.closedByMe else proto.remoteCloseCode
 
 
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented server text frame (RFC 6455 5.2)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + length.to_bytes(8, "big") + payload
+
+
 def _close_reason(proto: WebSocketServerProtocol) -> str | None:
     reason = proto.localCloseReason if proto.closedByMe else proto.remoteCloseReason
     return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
@@ -77,7 +87,7 @@ class PresenceProtocol(WebSocketServerProtocol):
         self.conn = factory.hub.open(connection_id, self.user_id, self, now)
         factory.metrics.connections_total.inc()
         config = factory.config
-        self.sendMessage(
+        self.send(
             wire.connect_message(
                 self.user_id,
                 connection_id,
@@ -125,7 +135,7 @@ class PresenceProtocol(WebSocketServerProtocol):
         metrics.latency.observe(perf_counter() - started)
 
     def on_HEARTBEAT(self, conn: Connection, message: wire.Heartbeat, now: float) -> None:
-        self.sendMessage(wire.heartbeat_ack(wire.iso(now)))
+        self.send(wire.heartbeat_ack(wire.iso(now)))
 
     def on_PRESENCE_UPDATE(
         self, conn: Connection, message: wire.PresenceUpdate, now: float
@@ -182,11 +192,32 @@ class PresenceProtocol(WebSocketServerProtocol):
             reason=_close_reason(self),
         )
 
+    # -- Autobahn's per-message path, trimmed ---------------------------------------------
+    # Its versions format debug-log arguments for every frame and fire a Deferred-backed
+    # observer per message; we use neither, and these run once per frame.
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)
+
+    def onMessageEnd(self) -> None:
+        if not self.failedByMe:
+            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None  # type: ignore[assignment]
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if sync or chopsize or self.send_queue:
+            super().sendData(data, sync, chopsize)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
     # -- the Peer interface the model and hub use ------------------------------------------
 
     def send(self, data: bytes) -> None:
         if self.state == STATE_OPEN:
-            self.sendMessage(data)
+            if self._perMessageCompress is None:
+                self.transport.write(text_frame(data))  # type: ignore[union-attr]
+            else:
+                self.sendMessage(data)
 
     def send_shared(self, message: wire.Shared) -> None:
         if self.state != STATE_OPEN:

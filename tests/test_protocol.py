@@ -310,3 +310,16 @@ def test_presence_query_is_capped_at_1000_ids(d: MemoryDaemon) -> None:
 
 def test_protocol_class_is_ours(d: MemoryDaemon) -> None:
     assert d.factory.protocol is PresenceProtocol
+
+
+def test_large_messages_use_the_longer_frame_lengths(d: MemoryDaemon) -> None:
+    big = MemoryDaemon(max_message_size=200_000)
+    ids = [f"user-with-a-longish-id-{i:04d}" for i in range(1000)]
+    watcher = big.user("w")
+    watcher.send({"type": "SUBSCRIBE", "payload": {"userIds": ids}})
+    big.flush()
+    (state,) = watcher.of_type("PRESENCE_STATE")
+    assert list(state["users"]) == ids  # over 65535 bytes: the 8-byte length form
+    watcher.send({"type": "SUBSCRIBE", "payload": {"userIds": ids[:3]}})
+    big.flush()
+    assert len(watcher.of_type("PRESENCE_STATE")[-1]["users"]) == 3  # the 2-byte form
