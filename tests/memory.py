@@ -21,8 +21,10 @@ from presence.web import build_site
 from presence.ws import PresenceFactory, ProtocolConfig
 
 
-def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A client frame: always masked (here with a zero key, which the RFC allows)."""
+def frame(
+    opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x00\x00\x00\x00"
+) -> bytes:
+    """A client frame: always masked (by default with a zero key, which the RFC allows)."""
     head = bytes([(0x80 if fin else 0) | opcode])
     length = len(payload)
     if length < 126:
@@ -31,7 +33,8 @@ def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
         head += bytes([0x80 | 126]) + struct.pack("!H", length)
     else:
         head += bytes([0x80 | 127]) + struct.pack("!Q", length)
-    return head + b"\x00\x00\x00\x00" + payload
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
 
 
 class Client(Protocol):
