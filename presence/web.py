@@ -48,9 +48,14 @@ class JsonError(Resource):
 NOT_FOUND = JsonError(404, "NOT_FOUND", "no such resource")
 
 
-class Health(Resource):
-    isLeaf = True
+class Endpoint(Resource):
+    """A resource with no children: anything below it is a 404, not itself."""
 
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return NOT_FOUND
+
+
+class Health(Endpoint):
     def __init__(self, clock: IReactorTime, started: float, status: Callable[[], Any]) -> None:
         super().__init__()
         self.clock, self.started, self.status = clock, started, status
@@ -65,10 +70,8 @@ class Health(Resource):
         return json_response(request, 200, body)
 
 
-class MetricsPage(Resource):
+class MetricsPage(Endpoint):
     """Rendered on the reactor thread, so collectors read the model without locks."""
-
-    isLeaf = True
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__()

@@ -576,13 +576,6 @@ def test_health(shared: Daemon) -> None:
     assert second["uptime"] > uptime
 
 
-LEAF_SUBPATH_BUG = pytest.mark.xfail(
-    reason="BUG: web.py Health and MetricsPage are isLeaf resources that ignore "
-    "request.postpath, so /health/<anything> and /metrics/<anything> answer 200",
-    strict=True,
-)
-
-
 @pytest.mark.parametrize(
     "path",
     [
@@ -591,8 +584,8 @@ LEAF_SUBPATH_BUG = pytest.mark.xfail(
         "/HEALTH",
         "/.env",
         "/presence/a/b",
-        pytest.param("/health/extra", marks=LEAF_SUBPATH_BUG),
-        pytest.param("/metrics/x", marks=LEAF_SUBPATH_BUG),
+        "/health/extra",
+        "/metrics/x",
     ],
 )
 def test_other_paths_are_404(shared: Daemon, path: str) -> None:
