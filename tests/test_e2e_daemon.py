@@ -15,8 +15,8 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -672,16 +672,15 @@ def test_metrics_values_move(start_daemon: Callable[..., Daemon]) -> None:
     assert b"metric-user" not in body  # no label carries a userId
 
 
-def test_refused_handshake_is_not_counted_as_a_connection(start_daemon: Any) -> None:
-    daemon = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "5")
-    before = daemon.metrics()
+def test_refused_handshake_is_not_counted_as_a_connection(shared: Daemon) -> None:
+    before = shared.metrics()
 
     async def flow() -> None:
-        ws = await open_ws(daemon, "bad id")
+        ws = await open_ws(shared, "bad id")
         assert (await server_close(ws)).code == 1002
 
     run(flow)
-    after = daemon.metrics()
+    after = shared.metrics()
     assert after["ws_connections_total"] == before["ws_connections_total"]
     assert total(after, "ws_errors_total") > total(before, "ws_errors_total")
 
@@ -724,9 +723,12 @@ def assert_orderly_exit(daemon: Daemon) -> None:
 
 
 # -- start-up ------------------------------------------------------------------------------
+#
+# Each case is a whole `twistd presence` run that must end by itself; they are independent,
+# so they all run at once (in a module fixture) and each test reads its own result.
 
 
-def twistd(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+def twistd(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     """Runs `twistd -n presence ARGS` and waits for it to end (it must end by itself)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
@@ -738,7 +740,7 @@ def twistd(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
             cwd=ROOT,
             timeout=timeout,
         )
-    except subprocess.TimeoutExpired as e:  # the child is killed by subprocess.run
+    except subprocess.TimeoutExpired as e:  # subprocess.run has killed the child
         pytest.fail(f"twistd presence {' '.join(args)} kept running: {e.stdout!r}")
 
 
@@ -753,50 +755,21 @@ BAD_OPTIONS = {
     "interval-zero": ["--heartbeat-interval", "0"],
     "timeout-not-above-interval": ["--heartbeat-interval", "30", "--heartbeat-timeout", "10"],
     "max-size-float": ["--max-message-size", "1.5"],
-    "max-size-word": ["--max-message-size", "big"],
+    "max-size-tiny": ["--max-message-size", "1"],
     "unknown-option": ["--bogus", "1"],
+}
+BAD_PORTS = {
+    "no-type": "nonsense",
+    "empty": "",
+    "bare-number": "3000",
+    "tcp-notaport": "tcp:notaport",
+    "tcp-bad-backlog": "tcp:3000:backlog=many",
+    "unknown-type": "carrier-pigeon:3000",
+    "ssl-missing-files": "ssl:0:privateKey=/nonexistent/key.pem:certKey=/nonexistent/cert.pem",
 }
 
 
-@pytest.mark.parametrize("args", BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
-def test_bad_option_value_exits_with_one_line_error(args: list[str]) -> None:
-    result = twistd("--port", SAFE_PORT, *args)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("presence: "), lines
-    assert args[0] in lines[0] or "timeout" in lines[0], lines
-    assert "Traceback" not in result.stdout + result.stderr
-
-
-@pytest.mark.parametrize("port", ["nonsense", "", "3000"])
-def test_bad_port_without_a_type_exits_with_one_line_error(port: str) -> None:
-    result = twistd("--port", port)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--port" in lines[0], result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-
-
-@pytest.mark.parametrize(
-    "port",
-    [
-        "tcp:notaport",
-        "tcp:3000:backlog=many",
-        "carrier-pigeon:3000",
-        "ssl:0:privateKey=/nonexistent/key.pem:certKey=/nonexistent/cert.pem",
-    ],
-    ids=["tcp-notaport", "tcp-bad-backlog", "unknown-type", "ssl-missing-files"],
-)
-def test_malformed_endpoint_exits_with_one_line_error(port: str) -> None:
-    result = twistd("--port", port)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert "Traceback" not in result.stdout + result.stderr
-    assert len(lines) == 1 and "--port" in lines[0], result.stderr
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def bound_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", free_port()))
@@ -804,31 +777,68 @@ def bound_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def test_port_already_bound_stops_start_up(bound_port: int) -> None:
-    result = twistd("--port", f"tcp:{bound_port}:interface=127.0.0.1")
+@pytest.fixture(scope="module")
+def startups(bound_port: int) -> dict[str, subprocess.CompletedProcess[str]]:
+    bound = f"tcp:{bound_port}:interface=127.0.0.1"
+    cases: dict[str, list[str]] = {
+        **{f"option-{k}": ["--port", SAFE_PORT, *v] for k, v in BAD_OPTIONS.items()},
+        **{f"port-{k}": ["--port", v] for k, v in BAD_PORTS.items()},
+        "bound": ["--port", bound],
+        "bound-second": ["--port", f"tcp:{free_port()}:interface=127.0.0.1", "--port", bound],
+        "help": ["--help"],
+    }
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(twistd, *args) for name, args in cases.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
     assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("presence: "), lines
+    assert any(word in lines[0] for word in words), (lines, words)
+
+
+@pytest.mark.parametrize("name", BAD_OPTIONS)
+def test_bad_option_value_exits_with_one_line_error(
+    startups: dict[str, subprocess.CompletedProcess[str]], name: str
+) -> None:
+    option = BAD_OPTIONS[name][0]
+    assert_one_line_error(startups[f"option-{name}"], option, "--heartbeat-timeout")
+
+
+@pytest.mark.parametrize("name", BAD_PORTS)
+def test_bad_port_exits_with_one_line_error(
+    startups: dict[str, subprocess.CompletedProcess[str]], name: str
+) -> None:
+    assert_one_line_error(startups[f"port-{name}"], "--port")
+
+
+def test_port_already_bound_stops_start_up_with_one_clear_line(
+    startups: dict[str, subprocess.CompletedProcess[str]], bound_port: int
+) -> None:
+    result = startups["bound"]
     output = result.stdout + result.stderr
-    assert "Address already in use" in output or "Couldn't listen" in output, output
-
-
-def test_one_bound_port_of_two_stops_start_up(bound_port: int) -> None:
-    result = twistd(
-        "--port", f"tcp:{free_port()}:interface=127.0.0.1",
-        "--port", f"tcp:{bound_port}:interface=127.0.0.1",
-    )  # fmt: skip
-    assert result.returncode != 0
-
-
-def test_port_already_bound_error_is_one_clear_line(bound_port: int) -> None:
-    result = twistd("--port", f"tcp:{bound_port}:interface=127.0.0.1")
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
+    assert result.returncode != 0, output
     assert "Traceback" not in output, output
     assert f"presence: cannot listen on tcp:{bound_port}" in output, output
+    assert "Address already in use" in output, output
 
 
-def test_help_documents_every_option() -> None:
-    result = twistd("--help")
+def test_one_bound_port_of_two_stops_start_up(
+    startups: dict[str, subprocess.CompletedProcess[str]], bound_port: int
+) -> None:
+    result = startups["bound-second"]
+    assert result.returncode != 0
+    assert f"cannot listen on tcp:{bound_port}" in result.stdout + result.stderr
+
+
+def test_help_documents_every_option(
+    startups: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    result = startups["help"]
     assert result.returncode == 0, result.stderr
     for option in (
         "--port",
@@ -839,28 +849,27 @@ def test_help_documents_every_option() -> None:
         assert option in result.stdout, option
 
 
-def test_log_has_connects_and_disconnects_without_payloads(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path, "--heartbeat-interval", "1", "--heartbeat-timeout", "5").start()
-    try:
+# -- logs ----------------------------------------------------------------------------------
 
-        async def flow() -> None:
-            ws, _ = await connected(daemon, "logged-user")
-            secret = "s3cr3t-metadata-value"
-            await send_json(
-                ws,
-                {
-                    "type": "PRESENCE_UPDATE",
-                    "payload": {"status": "busy", "metadata": {"t": secret}},
-                },
-            )
-            await heartbeat(ws)
-            await send_json(ws, {"type": "DISCONNECT"})
-            await server_close(ws)
 
-        run(flow)
-        wait_until(lambda: "code=1000" in daemon.log())
-    finally:
-        daemon.stop()
-    log = daemon.log()
-    assert "connect " in log and "logged-user" in log
-    assert "s3cr3t-metadata-value" not in log
+def test_log_has_connects_and_disconnects_without_payloads(shared: Daemon) -> None:
+    secret = "s3cr3t-metadata-value"
+
+    async def flow() -> None:
+        ws, connect = await connected(shared, "logged-user")
+        await send_json(
+            ws,
+            {"type": "PRESENCE_UPDATE", "payload": {"status": "busy", "metadata": {"t": secret}}},
+        )
+        await heartbeat(ws)
+        await send_json(ws, {"type": "DISCONNECT"})
+        await server_close(ws)
+        return connect["connectionId"]
+
+    connection_id = run(flow)
+    wait_until(lambda: f"disconnect {connection_id} " in shared.log())
+    lines = [line for line in shared.log().splitlines() if connection_id in line]
+    assert len(lines) == 2, lines
+    assert "connect " in lines[0] and "logged-user" in lines[0]
+    assert "code=1000" in lines[1]
+    assert secret not in shared.log()
