@@ -7,7 +7,7 @@ PORT ?= 3000
 # does not place it in site-packages).
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test lint typecheck unit e2e bench clean
+.PHONY: run test lint typecheck unit e2e bench bench-fanout clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ run: $(BIN)/.installed
 	$(BIN)/twistd -n --pidfile= presence --port tcp:$(PORT)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check presence tests twisted
-	$(BIN)/ruff format --check presence tests twisted
+	$(BIN)/ruff check presence tests twisted bench
+	$(BIN)/ruff format --check presence tests twisted bench
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
@@ -34,8 +34,12 @@ e2e: $(BIN)/.installed
 test: lint typecheck
 	$(BIN)/pytest
 
+# Against the Node reference peer in ../shared/bench (needs node and npm).
 bench: $(BIN)/.installed
 	$(PYTHON) ../shared/bench/compare.py
+
+bench-fanout: $(BIN)/.installed
+	$(PYTHON) bench/fanout.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache
