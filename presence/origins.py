@@ -1,10 +1,10 @@
-"""--allowed-origins: parse the operator's patterns and turn them into Autobahn's policy.
+"""--allowed-origins: parse the operator's patterns and decide an Origin header with them.
 
 Pure. A pattern is ``*`` (any origin), ``null`` (the opaque origin of sandboxed frames and
 file:// pages) or ``scheme://host[:port]`` where ``*`` in the host or port matches anything
-(``https://*.example.com``). Without a port a pattern means the scheme's default port:
-Autobahn matches the origin as ``scheme://host:port``, so ``https://app.example.com``
-becomes ``https://app.example.com:443`` (written as is, it would never match).
+(``https://*.example.com``). Without a port a pattern means the scheme's default port, so
+``https://app.example.com`` matches the origin ``https://app.example.com`` and
+``https://app.example.com:443`` but not ``https://app.example.com:8443``.
 
 A request without an ``Origin`` header is not a browser page and is not refused here (any
 non-browser client can send whatever Origin it likes; authentication is what stops it).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from typing import Final
+from urllib.parse import urlsplit
 
 ANY: Final = "*"
 NULL: Final = "null"
@@ -39,18 +40,42 @@ def parse_origins(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(patterns))
 
 
-def autobahn_policy(patterns: tuple[str, ...]) -> tuple[list[str], bool]:
-    """(allowedOrigins wildcards for Autobahn, allowNullOrigin)."""
-    allow_null = NULL in patterns or ANY in patterns
-    wildcards = []
-    for pattern in patterns:
-        if pattern == NULL:
-            continue
-        if pattern == ANY:
-            wildcards.append(ANY)
-            continue
-        match = _PATTERN.match(pattern)
-        assert match is not None  # validated by parse_origins
-        scheme, host, port = match.groups()
-        wildcards.append(f"{scheme}://{host}:{port or DEFAULT_PORTS[scheme]}")
-    return wildcards, allow_null
+class OriginPolicy:
+    """Decides an ``Origin`` header against the patterns.
+
+    Checked in the protocol's onConnect so a refusal is an HTTP 403 (Autobahn's own origin
+    check answers 400) and happens before anything reaches the model."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.any = ANY in patterns
+        self.null = NULL in patterns or self.any
+        self._regexes = []
+        for pattern in patterns:
+            if pattern in (ANY, NULL):
+                continue
+            match = _PATTERN.match(pattern)
+            assert match is not None  # validated by parse_origins
+            scheme, host, port = match.groups()
+            full = f"{scheme}://{host}:{port or DEFAULT_PORTS[scheme]}"
+            self._regexes.append(re.compile("^" + re.escape(full).replace(r"\*", ".*") + "$"))
+
+    def allows(self, origin: str | None) -> bool:
+        """No Origin header (not a browser page) is allowed; ``null`` and ``file:`` pages
+        only when ``null`` (or ``*``) is listed."""
+        if not origin:
+            return True
+        if self.any:
+            return True
+        origin = origin.strip().lower()
+        if origin == NULL or origin.startswith("file:"):
+            return self.null
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            return False
+        scheme, host = parts.scheme, parts.hostname
+        if scheme not in DEFAULT_PORTS or not host:
+            return False
+        key = f"{scheme}://{host}:{port or DEFAULT_PORTS[scheme]}"
+        return any(regex.match(key) for regex in self._regexes)

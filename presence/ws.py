@@ -21,7 +21,7 @@ from .auth import JwtVerifier, TokenRejected, bearer
 from .hub import PresenceHub
 from .metrics import Metrics
 from .model import Connection
-from .origins import autobahn_policy
+from .origins import OriginPolicy
 from .ratelimit import ALLOWED, EXCEEDED, TokenBucket
 
 log = Logger()
@@ -106,8 +106,11 @@ class PresenceProtocol(WebSocketServerProtocol):
     # -- handshake -------------------------------------------------------------------------
 
     def onConnect(self, request: Any) -> None:
-        # Autobahn has already refused a foreign Origin (403) before this is called.
         factory = self.factory
+        if not factory.origins.allows(request.origin):
+            factory.metrics.errors["handshake"].inc()
+            log.info("refused connection: origin not allowed")
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if factory.at_capacity():
             factory.metrics.errors["capacity"].inc()
             log.info("refused connection: server at its connection limit")
@@ -354,7 +357,7 @@ class PresenceFactory(WebSocketServerFactory):
         self.metrics = metrics
         self.config = config
         self.clock = clock
-        origins, allow_null = autobahn_policy(config.allowed_origins)
+        self.origins = OriginPolicy(config.allowed_origins)
         # Autobahn's defaults are open; every option is set here on purpose.
         self.setProtocolOptions(
             versions=[13],
@@ -377,8 +380,9 @@ class PresenceFactory(WebSocketServerFactory):
             autoPingInterval=0,
             autoPingTimeout=0,
             serveFlashSocketPolicy=False,
-            allowedOrigins=origins,
-            allowNullOrigin=allow_null,
+            # Origins are decided in onConnect (a 403; Autobahn's own check answers 400).
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
             maxConnections=0,
             trustXForwardedFor=0,
         )
