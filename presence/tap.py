@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -23,6 +24,7 @@ from .model import PresenceModel
 from .origins import parse_origins
 from .ratelimit import parse_rate
 from .reaper import Reaper
+from .tls import ReloadableTLS, TLSConfigError, TLSReloadService, parse_ssl_port
 from .web import build_site
 from .ws import PresenceFactory, ProtocolConfig
 
@@ -288,6 +290,11 @@ class Options(usage.Options):
         [default: tcp:3000]"""
         if not description or ":" not in description:
             raise usage.UsageError(f"--port: {description!r} is not an endpoint like tcp:3000")
+        if description.startswith("ssl:"):
+            try:
+                parse_ssl_port(description)
+            except TLSConfigError as e:
+                raise usage.UsageError(f"--port: {e}") from None
         self["ports"].append(description)
 
     opt_p = opt_port
@@ -295,6 +302,13 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = [DEFAULT_PORT]
+        self["tls"] = {}
+        for description in self["ports"]:
+            if description.startswith("ssl:"):
+                try:
+                    self["tls"][description] = ReloadableTLS(parse_ssl_port(description))
+                except TLSConfigError as e:
+                    raise usage.UsageError(f"--port: {e}") from None
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
             raise usage.UsageError("--heartbeat-timeout must be longer than --heartbeat-interval")
         self["verifier"] = None
@@ -417,8 +431,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     Reaper(
         hub, options["heartbeat-timeout"], reactor, reaper_interval(options["heartbeat-timeout"])
     ).setServiceParent(root)
+    tls_ports: dict[str, ReloadableTLS] = options.get("tls") or {}
     for description in options["ports"]:
-        # strports.service raises at start-up if the port cannot be bound.
-        strports.service(description, site, reactor=reactor).setServiceParent(root)
+        tls = tls_ports.get(description)
+        if tls is None:
+            # strports.service raises at start-up if the port cannot be bound.
+            strports.service(description, site, reactor=reactor).setServiceParent(root)
+            continue
+        # ssl: ports get our TLS policy and a context that reloads on SIGHUP.
+        service = StreamServerEndpointService(tls.endpoint(reactor), site)
+        service._raiseSynchronously = True
+        service.setServiceParent(root)
+    TLSReloadService(list(tls_ports.values()), reactor).setServiceParent(root)
     log.info("presence serving on {ports}", ports=", ".join(options["ports"]))
     return root
