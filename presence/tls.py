@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -154,10 +154,12 @@ def load_options(spec: SSLPort) -> CertificateOptions:
         encoding, public
     ):
         raise TLSConfigError("the private key does not match the certificate")
+    # pyOpenSSL takes cryptography objects directly (its own wrappers are deprecated);
+    # Twisted only stores them and hands them over.
     options = CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-        certificate=crypto.X509.from_cryptography(certs[0]),
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in certs[1:]],
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=certs[0],  # type: ignore[arg-type]
+        extraCertChain=certs[1:],  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
         acceptableProtocols=ALPN,

@@ -258,6 +258,7 @@ def tls_daemon(start_daemon: Callable[..., Daemon], tmp_path: Path) -> Daemon:
     return start_daemon(tls=(key, cert))
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_old_tls_and_weak_ciphers_refused_modern_served(tls_daemon: Daemon) -> None:
     old = tls_client(ssl.TLSVersion.TLSv1_1, "ALL:@SECLEVEL=0")
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
