@@ -285,7 +285,17 @@ class PresenceProtocol(WebSocketServerProtocol):
 
     def onPing(self, payload: bytes) -> None:
         if self.conn is not None:
-            self.conn.last_active = self.factory.clock.seconds()
+            now = self.factory.clock.seconds()
+            self.conn.last_active = now
+            # Pings count against the rate limit: over it they get no pong.
+            bucket = self.bucket
+            if bucket is not None:
+                verdict = bucket.take(now)
+                if verdict != ALLOWED:
+                    self.factory.metrics.errors["rate_limited"].inc()
+                    if verdict == EXCEEDED:
+                        self.close(wire.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+                    return
         super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from presence.auth import verifier_from_public_key, verifier_from_secret
-from tests.memws import Client, Server
+from tests.memws import Client, Server, client_frame
 
 SECRET = b"k" * 40
 T0 = 1_700_000_000.0
@@ -396,3 +396,15 @@ def test_metrics_token() -> None:
     assert http_get(server, "/metrics") == 401
     assert http_get(server, "/metrics", {"Authorization": "Bearer " + "m" * 32}) == 200
     assert http_get(server, "/health") == 200
+
+
+def test_pings_count_against_the_rate_limit() -> None:
+    server = Server(rate_messages=3, rate_seconds=10)
+    client = server.connect()
+    client.messages()
+    for _ in range(4):
+        client.feed(client_frame(b"hi", opcode=9))
+    assert [op for op, _ in client.frames()] == [10, 10, 10]  # the 4th gets no pong
+    for _ in range(6):
+        client.feed(client_frame(b"hi", opcode=9))
+    assert_refused(client, 1008, "rate limit exceeded")
