@@ -229,6 +229,28 @@ def test_slow_reader_is_cut_off(start_daemon: Callable[..., Daemon]) -> None:
         sock.close()
 
 
+def test_slow_and_oversized_handshakes_are_dropped(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon("--handshake-timeout", "1")
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
+        request = b"GET /?userId=slow HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        try:
+            for byte in request:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+        except OSError:
+            pass  # reset by the server: dropped
+        assert sock.recv(100) == b""  # dropped, no answer
+    assert time.monotonic() - started < 4
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 20000)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
+    assert daemon.get("/health")[0] == 200
+
+
 # -- TLS --------------------------------------------------------------------------------
 
 

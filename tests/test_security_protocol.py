@@ -408,3 +408,26 @@ def test_pings_count_against_the_rate_limit() -> None:
     for _ in range(6):
         client.feed(client_frame(b"hi", opcode=9))
     assert_refused(client, 1008, "rate limit exceeded")
+
+
+def test_compressed_messages_are_bounded_after_inflation() -> None:
+    import zlib
+
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate"}
+    server = Server(compression=True, max_message_size=4096)
+    client = server.connect(headers=offer)
+    assert [op for op, _ in client.frames()] == [1]  # the (compressed) CONNECT
+
+    def deflated(data: bytes) -> bytes:
+        compressor = zlib.compressobj(wbits=-15)
+        body = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return body[:-4]  # permessage-deflate drops the final 00 00 ff ff
+
+    small = deflated(b'{"type":"HEARTBEAT"}')
+    client.feed(bytes([0xC1]) + client_frame(small)[1:])  # FIN + RSV1 + text
+    assert [op for op, _ in client.frames()] == [1]  # the (compressed) HEARTBEAT_ACK
+    bomb = deflated(b'{"type":"HEARTBEAT","pad":"' + b"a" * 1_000_000 + b'"}')
+    assert len(bomb) < 4096
+    client.feed(bytes([0xC1]) + client_frame(bomb)[1:])
+    client.frames()
+    assert client.close_code == 1009
