@@ -431,3 +431,21 @@ def test_compressed_messages_are_bounded_after_inflation() -> None:
     client.feed(bytes([0xC1]) + client_frame(bomb)[1:])
     client.frames()
     assert client.close_code == 1009
+
+
+def test_unsent_bytes_reads_tcp_and_tls_buffers() -> None:
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from presence.ws import unsent_bytes
+
+    class Tcp:
+        dataBuffer = b"x" * 100
+        offset = 40
+        _tempDataLen = 7
+
+    assert unsent_bytes(Tcp()) == 67
+    tls = TLSMemoryBIOProtocol.__new__(TLSMemoryBIOProtocol)
+    tls.transport = Tcp()  # a ProtocolWrapper forwards unknown attributes to its transport
+    tls._appSendBuffer = []
+    assert unsent_bytes(tls) == 67
+    assert unsent_bytes(object()) == 0
