@@ -75,7 +75,12 @@ class JwtVerifier:
             "verify_iss": issuer is not None,
             "verify_sub": False,
             "verify_jti": False,
-            "require": ["exp", "sub"],
+            "require": [
+                "exp",
+                "sub",
+                *(["aud"] if audience is not None else []),
+                *(["iss"] if issuer is not None else []),
+            ],
         }
 
     def verify(self, token: str, user_id: str, now: float) -> Verified:
@@ -131,15 +136,25 @@ class JwtVerifier:
         return claims
 
 
-def verifier_from_secret(secret: bytes, leeway: float = DEFAULT_LEEWAY) -> JwtVerifier:
+def verifier_from_secret(
+    secret: bytes,
+    leeway: float = DEFAULT_LEEWAY,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> JwtVerifier:
     """HS256 with a shared secret (surrounding whitespace, e.g. a final newline, ignored)."""
     secret = secret.strip()
     if len(secret) < MIN_SECRET_BYTES:
         raise BadKey(f"the JWT secret must hold at least {MIN_SECRET_BYTES} bytes")
-    return JwtVerifier(secret, ("HS256",), leeway)
+    return JwtVerifier(secret, ("HS256",), leeway, audience, issuer)
 
 
-def verifier_from_public_key(pem: bytes, leeway: float = DEFAULT_LEEWAY) -> JwtVerifier:
+def verifier_from_public_key(
+    pem: bytes,
+    leeway: float = DEFAULT_LEEWAY,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> JwtVerifier:
     """RS256 for an RSA key (2048 bits or more), ES256 for a P-256 key; PEM."""
     try:
         key = load_pem_public_key(pem)
@@ -148,9 +163,9 @@ def verifier_from_public_key(pem: bytes, leeway: float = DEFAULT_LEEWAY) -> JwtV
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise BadKey(f"the JWT RSA key must have at least {MIN_RSA_BITS} bits")
-        return JwtVerifier(key, ("RS256",), leeway)
+        return JwtVerifier(key, ("RS256",), leeway, audience, issuer)
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-        return JwtVerifier(key, ("ES256",), leeway)
+        return JwtVerifier(key, ("ES256",), leeway, audience, issuer)
     raise BadKey("the JWT public key must be RSA (RS256) or EC P-256 (ES256)")
 
 

@@ -82,6 +82,12 @@ def _coerced(name: str, parse: Callable[[str], Any], doc: str) -> Callable[[str]
     return coerce
 
 
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
 def _read_token(path: Path, name: str) -> bytes:
     """A bearer token file: one printable ASCII line of at least 16 bytes."""
     try:
@@ -104,9 +110,8 @@ def _load_verifier(options: usage.Options) -> JwtVerifier:
     name, path = ("--jwt-secret-file", secret) if secret else ("--jwt-public-key-file", public)
     try:
         data = path.read_bytes()
-        if secret:
-            return verifier_from_secret(data, options["jwt-leeway"])
-        return verifier_from_public_key(data, options["jwt-leeway"])
+        make = verifier_from_secret if secret else verifier_from_public_key
+        return make(data, options["jwt-leeway"], options["jwt-audience"], options["jwt-issuer"])
     except OSError as e:
         raise usage.UsageError(f"{name}: cannot read {str(path)!r}: {e.strerror}") from None
     except BadKey as e:
@@ -192,6 +197,20 @@ class Options(usage.Options):
             10.0,
             "Seconds of clock skew allowed for a token's nbf and iat.",
             _number(float, 0, "--jwt-leeway"),
+        ],
+        [
+            "jwt-audience",
+            None,
+            None,
+            "With --auth jwt: the aud a token must carry (default: aud not checked)",
+            _coerced("--jwt-audience", _nonempty, "A string."),
+        ],
+        [
+            "jwt-issuer",
+            None,
+            None,
+            "With --auth jwt: the iss a token must carry (default: iss not checked)",
+            _coerced("--jwt-issuer", _nonempty, "A string."),
         ],
         [
             "token-grace",
@@ -318,8 +337,11 @@ class Options(usage.Options):
                     "--auth jwt needs --allowed-origins (the pages that may connect)"
                 )
             self["verifier"] = _load_verifier(self)
-        elif self["jwt-secret-file"] or self["jwt-public-key-file"]:
-            raise usage.UsageError("--jwt-secret-file/--jwt-public-key-file need --auth jwt")
+        elif any(
+            self[name]
+            for name in ("jwt-secret-file", "jwt-public-key-file", "jwt-audience", "jwt-issuer")
+        ):
+            raise usage.UsageError("the --jwt-* options need --auth jwt")
         if self["allowed-origins"] is None:
             self["allowed-origins"] = ("*",)
         self["api-token"] = (

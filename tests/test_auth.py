@@ -133,3 +133,18 @@ def test_bearer() -> None:
     assert bearer("Basic abc") is None
     assert bearer("Bearer ") is None
     assert bearer(None) is None
+
+
+def test_audience_and_issuer_when_configured() -> None:
+    verifier = verifier_from_secret(SECRET, audience="presence", issuer="https://idp")
+    good = hs(claims(aud="presence", iss="https://idp"))
+    assert verifier.verify(good, "alice", NOW).user_id == "alice"
+    assert rejected(verifier, hs(claims(aud="other", iss="https://idp"))) == (
+        "token audience (aud) not accepted"
+    )
+    assert rejected(verifier, hs(claims(aud="presence", iss="https://evil"))) == (
+        "token issuer (iss) not accepted"
+    )
+    assert rejected(verifier, hs(claims(iss="https://idp"))) == "token has no aud claim"
+    # Not configured: not checked.
+    assert verifier_from_secret(SECRET).verify(hs(claims(aud="x")), "alice", NOW)
