@@ -106,6 +106,38 @@ def test_jwt_auth_end_to_end(jwt_daemon: Daemon) -> None:
         assert secret not in log
 
 
+def test_refresh_token_end_to_end(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    (tmp_path / "jwt.secret").write_text(SECRET)
+    daemon = start_daemon(
+        "--auth",
+        "jwt",
+        "--jwt-secret-file",
+        str(tmp_path / "jwt.secret"),
+        "--allowed-origins",
+        "*",
+        "--token-grace",
+        "0.5",
+    )
+    url = daemon.ws_url
+
+    async def flow() -> None:
+        async with (
+            connect(f"{url}?userId=fresh&token={token('fresh', exp_in=2)}") as fresh,
+            connect(f"{url}?userId=stale&token={token('stale', exp_in=2)}") as stale,
+        ):
+            await fresh.recv(), await stale.recv()
+            refresh = {"type": "REFRESH_TOKEN", "payload": {"token": token("fresh", 300)}}
+            await fresh.send(json.dumps(refresh))
+            started = time.monotonic()
+            code, reason, _ = await closed_with(stale)
+            assert (code, reason) == (1008, "token expired")
+            assert time.monotonic() - started < 4
+            await fresh.send('{"type":"HEARTBEAT"}')
+            assert json.loads(await fresh.recv())["type"] == "HEARTBEAT_ACK"
+
+    asyncio.run(flow())
+
+
 def test_metrics_token(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     (tmp_path / "metrics.token").write_text("m" * 32)
     daemon = start_daemon("--metrics-token-file", str(tmp_path / "metrics.token"))
