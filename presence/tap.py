@@ -224,8 +224,9 @@ class Options(usage.Options):
             "api-token-file",
             None,
             None,
-            "A file holding the Bearer token GET /presence requires (required whenever "
-            "--auth is not none; without this file /presence then answers 401)",
+            "A file holding the Bearer token GET /presence requires. With --auth jwt "
+            "/presence always needs it (no file: 401 for everyone); with --auth none it is "
+            "open unless this is given",
             _readable_file("--api-token-file"),
         ],
         [
@@ -241,7 +242,7 @@ class Options(usage.Options):
             None,
             "Comma-separated Origin patterns a browser page may connect from "
             "(https://app.example.com, https://*.example.com:8443, null, *); others get 403. "
-            "Default * with --auth none; must be given with --auth jwt.",
+            "Default * with --auth none; must be given with --auth jwt",
             _coerced("--allowed-origins", parse_origins, "Origin patterns."),
         ],
         [
