@@ -134,6 +134,11 @@ class PresenceProtocol(WebSocketServerProtocol):
         try:
             verified = verifier.verify(token or "", user_id, self.factory.clock.seconds())
         except TokenRejected as e:
+            log.info(
+                "refused connection for user={user_id!r}: {reason}",
+                user_id=user_id,
+                reason=e.reason,
+            )
             self.user_id = None
             self.refusal = e.reason
             self.refusal_code = wire.CLOSE_POLICY_VIOLATION
@@ -145,7 +150,8 @@ class PresenceProtocol(WebSocketServerProtocol):
         if self.refusal is not None or self.user_id is None:
             auth = self.refusal_code == wire.CLOSE_POLICY_VIOLATION
             factory.metrics.errors["auth" if auth else "handshake"].inc()
-            log.info("refused connection: {reason}", reason=self.refusal)
+            if not auth:  # a token refusal was logged, with its userId, when it was checked
+                log.info("refused connection: {reason}", reason=self.refusal)
             self.close(self.refusal_code, self.refusal or "missing userId")
             return
         if factory.user_at_capacity(self.user_id):

@@ -101,7 +101,7 @@ def test_jwt_auth_end_to_end(jwt_daemon: Daemon) -> None:
     assert jwt_daemon.get("/health")[0] == 200
     assert jwt_daemon.get("/metrics")[0] == 200
     log = jwt_daemon.log()
-    assert "refused connection: token signature invalid" in log
+    assert "refused connection for user='alice': token signature invalid" in log
     for secret in (SECRET, API_TOKEN, forged, forged.split(".")[2]):
         assert secret not in log
 
