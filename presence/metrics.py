@@ -42,6 +42,8 @@ ERROR_REASONS: Final = (
     "rate_limited",
     "auth",
     "handshake",
+    "capacity",
+    "slow_reader",
 )
 SIZE_BUCKETS: Final = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384, 65536, 262144)
 LATENCY_BUCKETS: Final = (

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
 
 from . import wire
+from .auth import BadKey, JwtVerifier, verifier_from_public_key, verifier_from_secret
+from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
 from .hub import LocalHub, PresenceHub
 from .metrics import Metrics
 from .model import PresenceModel
+from .origins import parse_origins
+from .ratelimit import parse_rate
 from .reaper import Reaper
+from .tls import ReloadableTLS, TLSConfigError, TLSReloadService, parse_ssl_port
 from .web import build_site
 from .ws import PresenceFactory, ProtocolConfig
 
@@ -26,6 +33,8 @@ log = Logger()
 
 DEFAULT_PORT = "tcp:3000"
 SHUTDOWN_WAIT = 3.0
+FD_RESERVE = 64  # file descriptors kept for listening sockets, logs, Redis, ...
+MIN_TOKEN_BYTES = 16
 
 
 def _number(kind: Callable[[str], Any], minimum: float, name: str) -> Callable[[str], Any]:
@@ -40,6 +49,82 @@ def _number(kind: Callable[[str], Any], minimum: float, name: str) -> Callable[[
 
     coerce.coerceDoc = f"At least {minimum}."  # type: ignore[attr-defined]
     return coerce
+
+
+def _choice(name: str, *choices: str) -> Callable[[str], str]:
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    coerce.coerceDoc = f"One of {', '.join(choices)}."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _readable_file(name: str) -> Callable[[str], Path]:
+    def coerce(value: str) -> Path:
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(f"{name}: {value!r} is not a readable file")
+        return path
+
+    coerce.coerceDoc = "A file path."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _coerced(name: str, parse: Callable[[str], Any], doc: str) -> Callable[[str], Any]:
+    def coerce(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise ValueError(f"{name} {e}") from None
+
+    coerce.coerceDoc = doc  # type: ignore[attr-defined]
+    return coerce
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _read_token(path: Path, name: str) -> bytes:
+    """A bearer token file: one printable ASCII line of at least 16 bytes."""
+    try:
+        token = path.read_bytes().strip()
+    except OSError as e:
+        raise usage.UsageError(f"{name}: cannot read {str(path)!r}: {e.strerror}") from None
+    if len(token) < MIN_TOKEN_BYTES or not all(33 <= b < 127 for b in token):
+        raise usage.UsageError(
+            f"{name}: the token must be at least {MIN_TOKEN_BYTES} printable ASCII characters"
+        )
+    return token
+
+
+def _load_verifier(options: usage.Options) -> JwtVerifier:
+    secret, public = options["jwt-secret-file"], options["jwt-public-key-file"]
+    if (secret is None) == (public is None):
+        raise usage.UsageError(
+            "--auth jwt needs exactly one of --jwt-secret-file or --jwt-public-key-file"
+        )
+    name, path = ("--jwt-secret-file", secret) if secret else ("--jwt-public-key-file", public)
+    try:
+        data = path.read_bytes()
+        make = verifier_from_secret if secret else verifier_from_public_key
+        return make(data, options["jwt-leeway"], options["jwt-audience"], options["jwt-issuer"])
+    except OSError as e:
+        raise usage.UsageError(f"{name}: cannot read {str(path)!r}: {e.strerror}") from None
+    except BadKey as e:
+        raise usage.UsageError(f"{name}: {e}") from None
+
+
+def default_max_connections() -> int:
+    """The open-file limit less a reserve: past it accept() would fail with EMFILE anyway."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(1, soft - FD_RESERVE)
 
 
 class Options(usage.Options):
@@ -84,6 +169,136 @@ class Options(usage.Options):
             "Users one connection may watch.",
             _number(int, 1, "--max-subscriptions"),
         ],
+        # -- security (issue 4) --------------------------------------------------------
+        [
+            "auth",
+            None,
+            "none",
+            "none (development: the userId is taken as given) or jwt (a token whose sub "
+            "is the userId, as ?token= or Authorization: Bearer).",
+            _choice("--auth", "none", "jwt"),
+        ],
+        [
+            "jwt-secret-file",
+            None,
+            None,
+            "With --auth jwt: a file holding the HS256 secret (at least 32 bytes)",
+            _readable_file("--jwt-secret-file"),
+        ],
+        [
+            "jwt-public-key-file",
+            None,
+            None,
+            "With --auth jwt: a PEM public key; RSA means RS256, EC P-256 means ES256",
+            _readable_file("--jwt-public-key-file"),
+        ],
+        [
+            "jwt-leeway",
+            None,
+            10.0,
+            "Seconds of clock skew allowed for a token's nbf and iat.",
+            _number(float, 0, "--jwt-leeway"),
+        ],
+        [
+            "jwt-audience",
+            None,
+            None,
+            "With --auth jwt: the aud a token must carry (default: aud not checked)",
+            _coerced("--jwt-audience", _nonempty, "A string."),
+        ],
+        [
+            "jwt-issuer",
+            None,
+            None,
+            "With --auth jwt: the iss a token must carry (default: iss not checked)",
+            _coerced("--jwt-issuer", _nonempty, "A string."),
+        ],
+        [
+            "token-grace",
+            None,
+            30.0,
+            "Seconds after a token's exp within which REFRESH_TOKEN must bring a new one "
+            "(else close 1008 'token expired').",
+            _number(float, 0, "--token-grace"),
+        ],
+        [
+            "api-token-file",
+            None,
+            None,
+            "A file holding the Bearer token GET /presence requires. With --auth jwt "
+            "/presence always needs it (no file: 401 for everyone); with --auth none it is "
+            "open unless this is given",
+            _readable_file("--api-token-file"),
+        ],
+        [
+            "metrics-token-file",
+            None,
+            None,
+            "A file holding a Bearer token GET /metrics requires (default: /metrics open)",
+            _readable_file("--metrics-token-file"),
+        ],
+        [
+            "allowed-origins",
+            None,
+            None,
+            "Comma-separated Origin patterns a browser page may connect from "
+            "(https://app.example.com, https://*.example.com:8443, null, *); others get 403. "
+            "Default * with --auth none; must be given with --auth jwt",
+            _coerced("--allowed-origins", parse_origins, "Origin patterns."),
+        ],
+        [
+            "rate-limit",
+            None,
+            "20/10",
+            "MSGS/SECONDS per connection: more gets ERROR RATE_LIMITED (dropped); past 3x "
+            "the connection is closed (1008).",
+            _coerced("--rate-limit", parse_rate, "MSGS/SECONDS."),
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "WebSocket connections this process accepts; more get HTTP 503 (0: no cap). "
+            "[default: the open-file limit less 64]",
+            _number(int, 0, "--max-connections"),
+        ],
+        [
+            "max-connections-per-user",
+            None,
+            16,
+            "Open connections per userId; one more is closed 1013 (0: no cap).",
+            _number(int, 0, "--max-connections-per-user"),
+        ],
+        [
+            "handshake-timeout",
+            None,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            "Seconds (absolute) for a connection to deliver a complete HTTP request / "
+            "opening handshake; slower ones are dropped.",
+            _number(float, 0.1, "--handshake-timeout"),
+        ],
+        [
+            "max-header-bytes",
+            None,
+            DEFAULT_MAX_HEADER_BYTES,
+            "Largest request line plus headers; more gets 400 and the connection closes.",
+            _number(int, 1024, "--max-header-bytes"),
+        ],
+        [
+            "max-send-buffer",
+            None,
+            4 * 1024 * 1024,
+            "Bytes queued for a client that does not read before it is disconnected (1008).",
+            _number(int, 65536, "--max-send-buffer"),
+        ],
+    ]
+    optFlags: list[Sequence[Any]] = [
+        [
+            "compression",
+            None,
+            "Offer permessage-deflate (off by default); inflated messages are still "
+            "bounded by --max-message-size.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -96,6 +311,11 @@ class Options(usage.Options):
         [default: tcp:3000]"""
         if not description or ":" not in description:
             raise usage.UsageError(f"--port: {description!r} is not an endpoint like tcp:3000")
+        if description.startswith("ssl:"):
+            try:
+                parse_ssl_port(description)
+            except TLSConfigError as e:
+                raise usage.UsageError(f"--port: {e}") from None
         self["ports"].append(description)
 
     opt_p = opt_port
@@ -103,7 +323,14 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = [DEFAULT_PORT]
+        self["tls"] = {}
         for description in self["ports"]:
+            if description.startswith("ssl:"):
+                try:
+                    self["tls"][description] = ReloadableTLS(parse_ssl_port(description))
+                except TLSConfigError as e:
+                    raise usage.UsageError(f"--port: {e}") from None
+                continue
             try:
                 # Parsing needs no real reactor (and twistd has not installed one yet).
                 endpoints.serverFromString(MemoryReactor(), description)
@@ -111,6 +338,34 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--port {description}: {e}") from None
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
             raise usage.UsageError("--heartbeat-timeout must be longer than --heartbeat-interval")
+        self["verifier"] = None
+        if self["auth"] == "jwt":
+            if self["allowed-origins"] is None:
+                raise usage.UsageError(
+                    "--auth jwt needs --allowed-origins (the pages that may connect)"
+                )
+            self["verifier"] = _load_verifier(self)
+        elif any(
+            self[name]
+            for name in ("jwt-secret-file", "jwt-public-key-file", "jwt-audience", "jwt-issuer")
+        ):
+            raise usage.UsageError("the --jwt-* options need --auth jwt")
+        if self["allowed-origins"] is None:
+            self["allowed-origins"] = ("*",)
+        self["api-token"] = (
+            _read_token(self["api-token-file"], "--api-token-file")
+            if self["api-token-file"]
+            else None
+        )
+        self["metrics-token"] = (
+            _read_token(self["metrics-token-file"], "--metrics-token-file")
+            if self["metrics-token-file"]
+            else None
+        )
+        if isinstance(self["rate-limit"], str):
+            self["rate-limit"] = parse_rate(self["rate-limit"])
+        if self["max-connections"] is None:
+            self["max-connections"] = default_max_connections()
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         # twistd prints its whole usage before a UsageError; ours is one clear line.
@@ -149,8 +404,10 @@ class ListeningPort(StreamServerEndpointService):
 
     _raiseSynchronously = True
 
-    def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
-        super().__init__(endpoints.serverFromString(reactor, description), factory)
+    def __init__(
+        self, description: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+    ) -> None:
+        super().__init__(endpoint, factory)
         self.description = description
 
     def privilegedStartService(self) -> None:
@@ -182,15 +439,58 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         heartbeat_interval=options["heartbeat-interval"],
         heartbeat_timeout=options["heartbeat-timeout"],
         max_message_size=options["max-message-size"],
+        allowed_origins=options["allowed-origins"],
+        compression=bool(options["compression"]),
+        verifier=options["verifier"],
+        token_grace=options["token-grace"],
+        rate_messages=options["rate-limit"][0],
+        rate_seconds=options["rate-limit"][1],
+        max_connections=options["max-connections"],
+        max_connections_per_user=options["max-connections-per-user"],
+        max_send_buffer=options["max-send-buffer"],
     )
     factory = PresenceFactory(hub, metrics, config, reactor)
-    site = build_site(factory, hub, metrics, reactor, reactor.seconds())
+    site = build_site(
+        factory,
+        hub,
+        metrics,
+        reactor,
+        reactor.seconds(),
+        require_api_token=options["auth"] != "none",
+        api_token=options["api-token"],
+        metrics_token=options["metrics-token"],
+        handshake_timeout=options["handshake-timeout"],
+        max_header_bytes=options["max-header-bytes"],
+    )
+    verifier = options["verifier"]
+    log.info(
+        "auth={auth}{algorithms} origins={origins} rate-limit={rate}/{per}s "
+        "max-connections={total} per-user={per_user}",
+        auth=options["auth"],
+        algorithms=f" ({', '.join(verifier.algorithms)})" if verifier else "",
+        origins=",".join(options["allowed-origins"]),
+        rate=options["rate-limit"][0],
+        per=options["rate-limit"][1],
+        total=options["max-connections"] or "none",
+        per_user=options["max-connections-per-user"] or "none",
+    )
+    if options["auth"] != "none" and options["api-token"] is None:
+        log.warn("no --api-token-file: GET /presence answers 401 to everyone")
 
     ShutdownService(hub, reactor).setServiceParent(root)
     Reaper(
         hub, options["heartbeat-timeout"], reactor, reaper_interval(options["heartbeat-timeout"])
     ).setServiceParent(root)
+    tls_ports: dict[str, ReloadableTLS] = options.get("tls") or {}
     for description in options["ports"]:
-        ListeningPort(description, site, reactor).setServiceParent(root)
+        tls = tls_ports.get(description)
+        # ssl: ports get our TLS policy and a context that reloads on SIGHUP.
+        endpoint = (
+            endpoints.serverFromString(reactor, description)
+            if tls is None
+            else tls.endpoint(reactor)
+        )
+        ListeningPort(description, endpoint, site).setServiceParent(root)
+    TLSReloadService(list(tls_ports.values()), reactor).setServiceParent(root)
     log.info("presence serving on {ports}", ports=", ".join(options["ports"]))
     return root

@@ -3,6 +3,7 @@ read-only /presence query API. Errors are JSON bodies."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from . import wire
+from .auth import bearer
+from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, HandshakeChannel
 from .hub import PresenceHub, user_json
 from .metrics import Metrics
 from .model import UserView
@@ -158,6 +161,32 @@ class WebSocketEntry(Resource):
         return self.websocket.render(request)
 
 
+class BearerGuard(Resource):
+    """Serves ``child`` only to ``Authorization: Bearer <token>``; 401 otherwise (and always
+    when there is no token to compare with)."""
+
+    isLeaf = True
+
+    def __init__(self, child: IResource, token: bytes | None) -> None:
+        super().__init__()
+        self.child = child
+        self.token = token
+
+    def render(self, request: Request) -> Any:
+        header = request.getHeader(b"authorization")
+        offered = bearer(header.decode("latin-1")) if header else None
+        if (
+            self.token is None
+            or offered is None
+            or not hmac.compare_digest(offered.encode("latin-1", "replace"), self.token)
+        ):
+            request.setHeader(b"www-authenticate", b'Bearer realm="presence"')
+            return json_error(
+                request, 401, "UNAUTHORIZED", "a valid Authorization: Bearer token is required"
+            )
+        return self.child.render(request)
+
+
 class Root(Resource):
     def __init__(self, children: dict[bytes, IResource]) -> None:
         super().__init__()
@@ -169,10 +198,24 @@ class Root(Resource):
 
 
 class QuietSite(server.Site):
-    """No access log: request lines carry userIds and tokens in their query strings."""
+    """No access log: request lines carry userIds and tokens in their query strings.
+
+    Every connection gets a HandshakeChannel: an absolute deadline for each request and a
+    cap on its header bytes."""
+
+    handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
+    max_header_bytes = DEFAULT_MAX_HEADER_BYTES
+    on_handshake_expired: Callable[[], None] | None = None
 
     def log(self, request: Any) -> None:
         pass
+
+    def protocol(self) -> HandshakeChannel:  # type: ignore[override]
+        channel = HandshakeChannel()
+        channel.handshake_timeout = self.handshake_timeout
+        channel.totalHeadersSize = channel.MAX_LENGTH = self.max_header_bytes
+        channel.on_expired = self.on_handshake_expired
+        return channel
 
 
 def build_site(
@@ -182,15 +225,32 @@ def build_site(
     clock: IReactorTime,
     started: float,
     health_problem: Callable[[], Any] = lambda: None,
+    *,
+    require_api_token: bool = False,
+    api_token: bytes | None = None,
+    metrics_token: bytes | None = None,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> server.Site:
+    """``require_api_token`` (auth on, or an api token given): /presence needs ``api_token``
+    as a Bearer token (no token: always 401). ``metrics_token``: /metrics needs it too."""
+    presence: IResource = PresenceQuery(hub)
+    if require_api_token or api_token is not None:
+        presence = BearerGuard(presence, api_token)
+    metrics_page: IResource = MetricsPage(metrics)
+    if metrics_token is not None:
+        metrics_page = BearerGuard(metrics_page, metrics_token)
     root = Root(
         {
             b"": WebSocketEntry(WebSocketResource(factory)),
             b"health": Health(clock, started, health_problem),
-            b"metrics": MetricsPage(metrics),
-            b"presence": PresenceQuery(hub),
+            b"metrics": metrics_page,
+            b"presence": presence,
         }
     )
-    site = QuietSite(root)
+    site = QuietSite(root, reactor=clock)
     site.displayTracebacks = False
+    site.handshake_timeout = handshake_timeout
+    site.max_header_bytes = max_header_bytes
+    site.on_handshake_expired = metrics.errors["handshake"].inc
     return site

@@ -10,15 +10,20 @@ from time import perf_counter
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.interfaces import IReactorTime
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from txaio._common import _BatchedTimer
 
 from . import wire
+from .auth import JwtVerifier, TokenRejected, bearer
 from .hub import PresenceHub
 from .metrics import Metrics
 from .model import Connection
+from .origins import OriginPolicy
+from .ratelimit import ALLOWED, EXCEEDED, TokenBucket
 
 log = Logger()
 
@@ -34,6 +39,48 @@ class ProtocolConfig:
     open_handshake_timeout: float = 5.0
     allowed_origins: tuple[str, ...] = ("*",)
     compression: bool = False
+    # Security (issue 4): None means --auth none (the userId is taken as given).
+    verifier: JwtVerifier | None = None
+    token_grace: float = 30.0
+    rate_messages: int = 20
+    rate_seconds: float = 10.0
+    max_connections: int = 0  # 0: no cap of our own
+    max_connections_per_user: int = 16  # 0: no cap
+    max_send_buffer: int = 4 * 1024 * 1024
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes written to a transport but not yet handed to the kernel.
+
+    TCP and UNIX transports (``abstract.FileDescriptor``) keep ``dataBuffer`` (from
+    ``offset``) plus ``_tempDataBuffer`` (``_tempDataLen`` bytes); TLS wraps one of those
+    and holds application data of its own until its handshake is done.
+    """
+    total = 0
+    for _ in range(3):
+        pending = getattr(transport, "_tempDataLen", None)
+        if pending is not None:
+            buffered: int = pending + len(transport.dataBuffer) - transport.offset
+            return total + buffered
+        early = getattr(transport, "_appSendBuffer", None)
+        if early:
+            total += sum(map(len, early))
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return total
+
+
+def _accept_deflate(max_message_size: int) -> Callable[[list[Any]], Any]:
+    """--compression: accept permessage-deflate, inflated size bounded by the message cap."""
+
+    def accept(offers: list[Any]) -> Any:
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return PerMessageDeflateOfferAccept(offer, max_message_size=max_message_size)
+        return None
+
+    return accept
 
 
 def _close_code(proto: WebSocketServerProtocol) -> int | None:
@@ -74,11 +121,24 @@ class PresenceProtocol(WebSocketServerProtocol):
     conn: Connection | None = None
     user_id: str | None = None
     refusal: str | None = None
+    refusal_code: int = wire.CLOSE_PROTOCOL_ERROR
     disconnect_requested = False
+    bucket: TokenBucket | None = None
+    token_expires: float | None = None
+    expiry_call: IDelayedCall | None = None
 
     # -- handshake -------------------------------------------------------------------------
 
     def onConnect(self, request: Any) -> None:
+        factory = self.factory
+        if not factory.origins.allows(request.origin):
+            factory.metrics.errors["handshake"].inc()
+            log.info("refused connection: origin not allowed")
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        if factory.at_capacity():
+            factory.metrics.errors["capacity"].inc()
+            log.info("refused connection: server at its connection limit")
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many connections")
         values = request.params.get("userId")
         user_id = values[0] if values else ""
         if not user_id:
@@ -87,19 +147,50 @@ class PresenceProtocol(WebSocketServerProtocol):
             self.refusal = "invalid userId"
         else:
             self.user_id = user_id
+            verifier = factory.config.verifier
+            if verifier is not None:
+                self._authenticate(verifier, request, user_id)
+
+    def _authenticate(self, verifier: JwtVerifier, request: Any, user_id: str) -> None:
+        """?token= or Authorization: Bearer; a refusal closes 1008 naming the failed check."""
+        tokens = request.params.get("token")
+        token = tokens[0] if tokens else bearer(request.headers.get("authorization"))
+        try:
+            verified = verifier.verify(token or "", user_id, self.factory.clock.seconds())
+        except TokenRejected as e:
+            log.info(
+                "refused connection for user={user_id!r}: {reason}",
+                user_id=user_id,
+                reason=e.reason,
+            )
+            self.user_id = None
+            self.refusal = e.reason
+            self.refusal_code = wire.CLOSE_POLICY_VIOLATION
+            return
+        self.token_expires = verified.expires
 
     def onOpen(self) -> None:
         factory = self.factory
         if self.refusal is not None or self.user_id is None:
-            factory.metrics.errors["handshake"].inc()
-            log.info("refused connection: {reason}", reason=self.refusal)
-            self.close(wire.CLOSE_PROTOCOL_ERROR, self.refusal or "missing userId")
+            auth = self.refusal_code == wire.CLOSE_POLICY_VIOLATION
+            factory.metrics.errors["auth" if auth else "handshake"].inc()
+            if not auth:  # a token refusal was logged, with its userId, when it was checked
+                log.info("refused connection: {reason}", reason=self.refusal)
+            self.close(self.refusal_code, self.refusal or "missing userId")
+            return
+        if factory.user_at_capacity(self.user_id):
+            factory.metrics.errors["capacity"].inc()
+            log.info("refused connection: user={user_id!r} at its limit", user_id=self.user_id)
+            self.close(wire.CLOSE_TRY_AGAIN_LATER, "too many connections for this user")
             return
         now = factory.clock.seconds()
+        config = factory.config
+        self.bucket = TokenBucket(config.rate_messages, config.rate_seconds, now)
+        if self.token_expires is not None:
+            self._arm_expiry(now)
         connection_id = os.urandom(9).hex()
         self.conn = factory.hub.open(connection_id, self.user_id, self, now)
         factory.metrics.connections_total.inc()
-        config = factory.config
         self.send(
             wire.connect_message(
                 self.user_id,
@@ -127,6 +218,12 @@ class PresenceProtocol(WebSocketServerProtocol):
         now = factory.clock.seconds()
         conn.last_active = now
         metrics.message_size.observe(len(payload))
+        bucket = self.bucket
+        if bucket is not None:
+            verdict = bucket.take(now)
+            if verdict != ALLOWED:
+                self._rate_limited(verdict, now)
+                return
         if isBinary:
             metrics.messages["INVALID"].inc()
             metrics.errors["binary_frame"].inc()
@@ -147,6 +244,18 @@ class PresenceProtocol(WebSocketServerProtocol):
             self.close(wire.CLOSE_INTERNAL_ERROR, "internal server error")
         metrics.latency.observe(perf_counter() - started)
 
+    def _rate_limited(self, verdict: int, now: float) -> None:
+        metrics = self.factory.metrics
+        metrics.messages["INVALID"].inc()
+        metrics.errors["rate_limited"].inc()
+        if verdict == EXCEEDED:
+            log.info("closing {connection_id}: rate limit exceeded", connection_id=self._cid())
+            self.close(wire.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+        else:
+            self.send(
+                wire.error_message("RATE_LIMITED", "too many messages; dropped", wire.iso(now))
+            )
+
     def on_HEARTBEAT(self, conn: Connection, message: wire.Heartbeat, now: float) -> None:
         self.send(wire.heartbeat_ack(wire.iso(now)))
 
@@ -166,7 +275,34 @@ class PresenceProtocol(WebSocketServerProtocol):
         self.factory.hub.unsubscribe(conn, message.user_ids)
 
     def on_REFRESH_TOKEN(self, conn: Connection, message: wire.RefreshToken, now: float) -> None:
-        raise wire.WireError("AUTH_DISABLED", "this server does not use tokens")
+        """A new token for the same sub moves the deadline; no reply when it is good."""
+        verifier = self.factory.config.verifier
+        if verifier is None:
+            raise wire.WireError("AUTH_DISABLED", "this server does not use tokens")
+        try:
+            verified = verifier.verify(message.token, conn.user_id, now)
+        except TokenRejected as e:
+            self.factory.metrics.errors["auth"].inc()
+            raise wire.WireError("INVALID_TOKEN", e.reason) from None
+        self.token_expires = verified.expires
+        self._arm_expiry(now)
+
+    def _arm_expiry(self, now: float) -> None:
+        """Close 1008 'token expired' --token-grace seconds after the token's exp."""
+        assert self.token_expires is not None
+        if self.expiry_call is not None and self.expiry_call.active():
+            self.expiry_call.cancel()
+        delay = max(0.0, self.token_expires + self.factory.config.token_grace - now)
+        self.expiry_call = self.factory.clock.callLater(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self.expiry_call = None
+        self.factory.metrics.errors["auth"].inc()
+        log.info("closing {connection_id}: token expired", connection_id=self._cid())
+        self.close(wire.CLOSE_POLICY_VIOLATION, "token expired")
+
+    def _cid(self) -> str:
+        return self.conn.id if self.conn is not None else "-"
 
     _handlers: dict[type, tuple[str, Callable[..., None]]] = {
         wire.Heartbeat: ("HEARTBEAT", on_HEARTBEAT),
@@ -179,7 +315,17 @@ class PresenceProtocol(WebSocketServerProtocol):
 
     def onPing(self, payload: bytes) -> None:
         if self.conn is not None:
-            self.conn.last_active = self.factory.clock.seconds()
+            now = self.factory.clock.seconds()
+            self.conn.last_active = now
+            # Pings count against the rate limit: over it they get no pong.
+            bucket = self.bucket
+            if bucket is not None:
+                verdict = bucket.take(now)
+                if verdict != ALLOWED:
+                    self.factory.metrics.errors["rate_limited"].inc()
+                    if verdict == EXCEEDED:
+                        self.close(wire.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+                    return
         super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:
@@ -189,6 +335,10 @@ class PresenceProtocol(WebSocketServerProtocol):
     # -- the end -------------------------------------------------------------------------
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.expiry_call is not None:
+            if self.expiry_call.active():
+                self.expiry_call.cancel()
+            self.expiry_call = None
         conn, self.conn = self.conn, None
         if conn is None:
             return
@@ -271,6 +421,8 @@ class PresenceProtocol(WebSocketServerProtocol):
                 self.transport.write(text_frame(data))  # type: ignore[union-attr]
             else:
                 self.sendMessage(data)
+            if unsent_bytes(self.transport) > self.factory.config.max_send_buffer:
+                self._too_slow()
 
     def send_shared(self, message: wire.Shared) -> None:
         if self.state != STATE_OPEN:
@@ -279,6 +431,15 @@ class PresenceProtocol(WebSocketServerProtocol):
         if prepared is None:
             prepared = message.prepared = self.factory.prepareMessage(message.payload)
         self.sendPreparedMessage(prepared)  # type: ignore[arg-type]
+        if unsent_bytes(self.transport) > self.factory.config.max_send_buffer:
+            self._too_slow()
+
+    def _too_slow(self) -> None:
+        """A client that does not read: stop buffering for it (the close frame is the last
+        thing queued; Autobahn drops the TCP connection after the close handshake timeout)."""
+        self.factory.metrics.errors["slow_reader"].inc()
+        log.info("closing {connection_id}: client is not reading", connection_id=self._cid())
+        self.close(wire.CLOSE_POLICY_VIOLATION, "send buffer full: client is not reading")
 
     def close(self, code: int, reason: str) -> None:
         """Close with any code, 1001-1013 included: sendClose only takes 1000 and 3000-4999."""
@@ -301,6 +462,7 @@ class PresenceFactory(WebSocketServerFactory):
         self.metrics = metrics
         self.config = config
         self.clock = clock
+        self.origins = OriginPolicy(config.allowed_origins)
         # Autobahn's defaults are open; every option is set here on purpose.
         self.setProtocolOptions(
             versions=[13],
@@ -317,12 +479,27 @@ class PresenceFactory(WebSocketServerFactory):
             openHandshakeTimeout=config.open_handshake_timeout,
             closeHandshakeTimeout=config.close_handshake_timeout,
             tcpNoDelay=True,
-            perMessageCompressionAccept=lambda offers: None,
+            perMessageCompressionAccept=(
+                _accept_deflate(config.max_message_size) if config.compression else lambda o: None
+            ),
             autoPingInterval=0,
             autoPingTimeout=0,
             serveFlashSocketPolicy=False,
-            allowedOrigins=list(config.allowed_origins),
-            allowNullOrigin="*" in config.allowed_origins,
+            # Origins are decided in onConnect (a 403; Autobahn's own check answers 400).
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
             maxConnections=0,
             trustXForwardedFor=0,
         )
+
+    # -- admission: small methods so a cluster can swap in cluster-wide counts -----------
+
+    def at_capacity(self) -> bool:
+        """--max-connections: this process holds as many WebSockets as it may."""
+        cap = self.config.max_connections
+        return cap > 0 and self.hub.model.connection_count >= cap
+
+    def user_at_capacity(self, user_id: str) -> bool:
+        """--max-connections-per-user: this user already has as many as they may."""
+        cap = self.config.max_connections_per_user
+        return cap > 0 and self.hub.model.connections_of(user_id) >= cap

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from presence.tap import Options
 from tests.daemon import ROOT, TWISTD
@@ -136,6 +138,14 @@ def parse_presence_options(value: str, tmp_path: Path) -> Options:
         credentials.mkdir(exist_ok=True)
         _, cert = self_signed(credentials)
         (credentials / "chain.pem").write_bytes(cert.read_bytes())
+        (credentials / "api-token").write_text("a-long-random-api-token-for-tests\n")
+        (credentials / "jwt.pem").write_bytes(
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         value = value.replace("/run/credentials/presence.service/", f"{credentials}/")
     options = Options()
     options.parseOptions(value.split())  # $PRESENCE_OPTIONS: split at whitespace
