@@ -420,17 +420,32 @@ class PresenceProtocol(WebSocketServerProtocol):
             if self._perMessageCompress is None:
                 self.transport.write(text_frame(data))  # type: ignore[union-attr]
             else:
-                self.sendMessage(data)
-            if unsent_bytes(self.transport) > self.factory.config.max_send_buffer:
-                self._too_slow()
+                self._send_compressed(data)
+            self._check_send_buffer()
 
     def send_shared(self, message: wire.Shared) -> None:
         if self.state != STATE_OPEN:
             return
-        prepared = message.prepared
-        if prepared is None:
-            prepared = message.prepared = self.factory.prepareMessage(message.payload)
-        self.sendPreparedMessage(prepared)  # type: ignore[arg-type]
+        if self._perMessageCompress is None:
+            prepared = message.prepared
+            if prepared is None:
+                prepared = message.prepared = self.factory.prepareMessage(message.payload)
+            self.sendPreparedMessage(prepared)  # type: ignore[arg-type]
+        else:  # compressed per connection: each has its own deflate context
+            self._send_compressed(message.payload)
+        self._check_send_buffer()
+
+    def _send_compressed(self, data: bytes) -> None:
+        # Autobahn applies --max-message-size to what we send as well (after compression);
+        # it is a limit on clients, so the server's own messages are exempt.
+        limit: int = self.maxMessagePayloadSize  # type: ignore[has-type]
+        self.maxMessagePayloadSize = 0
+        try:
+            self.sendMessage(data)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    def _check_send_buffer(self) -> None:
         if unsent_bytes(self.transport) > self.factory.config.max_send_buffer:
             self._too_slow()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import shutil
 import signal
 import socket
@@ -382,3 +383,35 @@ def test_sighup_reloads_the_certificate_for_new_connections(
 
     asyncio.run(flow())
     assert tls_daemon.proc is not None and tls_daemon.proc.poll() is None
+
+
+def test_compression_sends_a_snapshot_larger_than_the_inbound_limit(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """--max-message-size bounds what clients send, not the server's own PRESENCE_STATE
+    (Autobahn applies it to outgoing messages too, after compression)."""
+    daemon = start_daemon("--compression", "--max-message-size", "4096")
+    # Random metadata does not compress: three users' worth is well over 4096 bytes.
+    metadata = {f"u{i}": {"blob": secrets.token_urlsafe(2700)} for i in range(3)}
+
+    async def flow() -> None:
+        users = []
+        for user_id, meta in metadata.items():
+            ws = await websockets.connect(
+                f"{daemon.ws_url}?userId={user_id}", compression="deflate"
+            )
+            await ws.recv()
+            update = {"type": "PRESENCE_UPDATE", "payload": {"status": "busy", "metadata": meta}}
+            await ws.send(json.dumps(update))
+            users.append(ws)
+        async with websockets.connect(daemon.ws_url + "?userId=w", compression="deflate") as ws:
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert extensions.startswith("permessage-deflate")
+            await ws.recv()  # CONNECT
+            await ws.send(json.dumps({"type": "SUBSCRIBE", "payload": {"userIds": list(metadata)}}))
+            state = json.loads(await ws.recv())
+            assert {u: v["metadata"] for u, v in state["users"].items()} == metadata
+        for user in users:
+            await user.close()
+
+    asyncio.run(flow())
