@@ -36,15 +36,26 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def unit_here(tmp_path: Path) -> Path:
+@pytest.fixture(params=["as shipped", "with credentials"])
+def unit_here(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at a twistd that exists on this machine: verify
     checks that the binary is executable, and /opt/presence/venv is where production
-    installs it, not where the tests run. Nothing else in the unit is changed."""
+    installs it, not where the tests run. "with credentials" also uncomments the
+    LoadCredential= lines (TLS key, certificate, JWT key, API token), whose source files
+    are made in tmp_path."""
     text = UNIT.read_text()
     assert text.count(INSTALLED_TWISTD) == 1
+    text = text.replace(INSTALLED_TWISTD, str(TWISTD))
+    if request.param == "with credentials":
+        lines = [line for line in text.splitlines() if line.startswith("#LoadCredential=")]
+        assert len(lines) == 4
+        for line in lines:
+            name, _, _source = line.removeprefix("#LoadCredential=").partition(":")
+            secret = tmp_path / name
+            secret.write_text("secret\n")
+            text = text.replace(line, f"LoadCredential={name}:{secret}")
     copy = tmp_path / "presence.service"
-    copy.write_text(text.replace(INSTALLED_TWISTD, str(TWISTD)))
+    copy.write_text(text)
     return copy
 
 
