@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import wire
+from .cluster import CLUSTER_OPTIONS, ClusterHub, build_cluster_hub, check_cluster_options
 from .hub import LocalHub, PresenceHub
 from .metrics import Metrics
 from .model import PresenceModel
@@ -82,6 +83,7 @@ class Options(usage.Options):
             "Users one connection may watch.",
             _number(int, 1, "--max-subscriptions"),
         ],
+        *CLUSTER_OPTIONS,
     ]
 
     def __init__(self) -> None:
@@ -103,6 +105,7 @@ class Options(usage.Options):
             self["ports"] = [DEFAULT_PORT]
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
             raise usage.UsageError("--heartbeat-timeout must be longer than --heartbeat-interval")
+        check_cluster_options(self)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         # twistd prints its whole usage before a UsageError; ours is one clear line.
@@ -149,8 +152,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     model = PresenceModel(
         offline_grace=options["offline-grace"], max_subscriptions=options["max-subscriptions"]
     )
-    hub = LocalHub(model)
     metrics = Metrics()
+    hub: LocalHub | ClusterHub
+    if options["redis"]:
+        hub = build_cluster_hub(options, model, metrics.registry, reactor)
+        hub.setServiceParent(root)  # on stop it removes this node's connections from Redis
+        health_problem: Callable[[], Any] = hub.health_problem
+    else:
+        hub = LocalHub(model)
+        health_problem = lambda: None  # noqa: E731
     metrics.watch(lambda: hub.model, lambda: hub.diffs_sent)
     config = ProtocolConfig(
         heartbeat_interval=options["heartbeat-interval"],
@@ -158,7 +168,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_message_size=options["max-message-size"],
     )
     factory = PresenceFactory(hub, metrics, config, reactor)
-    site = build_site(factory, hub, metrics, reactor, reactor.seconds())
+    site = build_site(factory, hub, metrics, reactor, reactor.seconds(), health_problem)
 
     ShutdownService(hub, reactor).setServiceParent(root)
     Reaper(
