@@ -126,6 +126,8 @@ class ClusterHub(Service):
         self._writable = False  # writes go to Redis (up and re-registered)
         self._synced = False  # re-registered and every watch re-read
         self._ended: dict[str, tuple[str, float, bool]] = {}  # closed while Redis was away
+        # connectionId -> its rank once Redis answered the open, or who waits for it
+        self._ranks: dict[str, int | list[defer.Deferred[int]]] = {}
         self._resyncing = False
         self._resync_again = False
         self._first_sweep = True
@@ -144,7 +146,10 @@ class ClusterHub(Service):
     def open(self, connection_id: str, user_id: str, peer: Any, now: float) -> Connection:
         conn, changes = self._model.open(connection_id, user_id, peer, now)
         if self._writable:
-            self._write(self.store.open(connection_id, user_id, now), "open")
+            self._ranks[connection_id] = []
+            d = self.store.open(connection_id, user_id, now)
+            d.addBoth(self._ranked, connection_id)
+            self._write(d, "open")
         else:
             self._deliver_local(changes, now)
         return conn
@@ -164,6 +169,10 @@ class ClusterHub(Service):
         watched = tuple(conn.watching)
         changes = self._model.close(conn, now, clean)
         self._requests.pop(conn.id, None)
+        waiting = self._ranks.pop(conn.id, None)
+        if isinstance(waiting, list):
+            for d in waiting:
+                d.callback(self._model.connections_of(conn.user_id) + 1)
         if self._writable:
             self._write(self.store.close(conn.id, conn.user_id, now, clean), "close")
         elif not self._stopping:
@@ -256,6 +265,22 @@ class ClusterHub(Service):
             return defer.succeed(self._model.connections_of(user_id))
         d = self.store.connection_count(user_id)
         d.addErrback(lambda _: self._model.connections_of(user_id))
+        return d
+
+    def connection_rank(self, connection_id: str) -> defer.Deferred[int]:
+        """The user's connection count cluster-wide right after this connection registered:
+        counted atomically in Redis, so with a cap of N exactly the connections ranked above N
+        are the ones to refuse, however many nodes race. While Redis is away (or before the
+        registration is answered) this node's own count."""
+        waiting = self._ranks.get(connection_id)
+        if isinstance(waiting, int):
+            return defer.succeed(waiting)
+        conn = self._model.connection(connection_id)
+        local = self._model.connections_of(conn.user_id) if conn else 0
+        if waiting is None:
+            return defer.succeed(local)
+        d: defer.Deferred[int] = defer.Deferred()
+        waiting.append(d)
         return d
 
     def health_problem(self) -> str | None:
@@ -536,6 +561,20 @@ class ClusterHub(Service):
         self.link.unsubscribe([channel(user_id)])
 
     # -- errors ----------------------------------------------------------------------------
+
+    def _ranked(self, result: Any, connection_id: str) -> Any:
+        waiting = self._ranks.pop(connection_id, None)
+        conn = self._model.connection(connection_id)
+        if isinstance(result, Failure):
+            count = self._model.connections_of(conn.user_id) if conn else 0
+        else:
+            count = int(result)
+            if conn is not None:
+                self._ranks[connection_id] = count
+        if isinstance(waiting, list):
+            for d in waiting:
+                d.callback(count)
+        return result
 
     def _updated(self, result: int) -> None:
         if result < 0:
