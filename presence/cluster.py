@@ -669,7 +669,7 @@ def _password(options: Mapping[str, Any]) -> str | None:
     if not path:
         return None
     with open(path, encoding="utf-8") as f:
-        return f.read().strip()
+        return f.read().strip() or None  # an empty file: no password
 
 
 def build_cluster_hub(
