@@ -25,7 +25,8 @@ needs_redis = pytest.mark.skipif(
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
+        self.extra = extra
         self.port = port or free_port()
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,6 +51,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -160,7 +162,8 @@ class TcpProxy:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path).start()
+    # DEBUG SLEEP lets a test make Redis slow (loopback only, as always).
+    server = RedisServer(tmp_path, None, "--enable-debug-command", "local").start()
     yield server
     server.stop()
 

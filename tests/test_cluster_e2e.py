@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.cluster_client import NODE_TIMEOUT, Client, presence, start_node, wait_health
 from tests.daemon import Daemon
-from tests.redis_fixture import RedisServer, TcpProxy, needs_redis
+from tests.redis_fixture import REDIS_CLI, RedisServer, TcpProxy, needs_redis
 
 pytestmark = [pytest.mark.e2e, needs_redis]
 
@@ -308,5 +309,36 @@ def test_a_cut_to_redis_heals_and_a_long_one_ends_then_restores_presence(
         assert (diff["status"], diff["connections"]) == ("busy", 1)
         assert presence(b, "alice")["alice"]["status"] == "busy"
         await local.quiet(0.1)
+
+    asyncio.run(run(flow))
+
+
+def test_a_slow_redis_degrades_and_recovers_without_flapping(
+    start_daemon: Start, redis_server: RedisServer
+) -> None:
+    a = start_node(start_daemon, redis_server.url, node_timeout=4)  # replies due in 1.33 s
+    b = start_node(start_daemon, redis_server.url, node_timeout=4)
+
+    async def flow() -> None:
+        alice = await Client.connect(a, "alice")
+        bob = await Client.connect(b, "bob")
+        await bob.subscribe("alice")
+        stall = subprocess.Popen(
+            [str(REDIS_CLI), "-p", str(redis_server.port), "DEBUG", "SLEEP", "2"],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            health = wait_health(a, 503, timeout=4)
+            assert "redis" in health["reason"]
+            await alice.send("HEARTBEAT")
+            assert (await alice.next())["type"] == "HEARTBEAT_ACK"
+        finally:
+            stall.wait(10)
+        for node in (a, b):
+            wait_health(node, 200, timeout=10)
+        assert a.metrics()["presence_redis_errors_total"] >= 1
+        await bob.quiet(1.0)  # alice never left
+        await alice.update("away")
+        assert (await bob.diff())["status"] == "away"
 
     asyncio.run(run(flow))
