@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -342,3 +343,25 @@ def test_a_slow_redis_degrades_and_recovers_without_flapping(
         assert (await bob.diff())["status"] == "away"
 
     asyncio.run(run(flow))
+
+
+def test_a_password_from_a_file_and_a_wrong_one(start_daemon: Start, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, None, "--requirepass", "s3cret").start()
+    try:
+        good, bad = tmp_path / "good", tmp_path / "bad"
+        good.write_text("s3cret\n")
+        bad.write_text("nope\n")
+        a = start_node(start_daemon, server.url, "--redis-password-file", str(good))
+        b = start_daemon("--redis", server.url, "--redis-password-file", str(bad))
+        health = wait_health(b, 503)
+        assert health["status"] == "DEGRADED" and "redis" in health["reason"]
+
+        async def flow() -> None:
+            alice = await Client.connect(a, "alice")
+            await alice.update("busy")
+            await asyncio.sleep(0.2)
+            assert presence(a, "alice")["alice"]["status"] == "busy"
+
+        asyncio.run(run(flow))
+    finally:
+        server.stop()
