@@ -116,6 +116,7 @@ class ClusterHub(Service):
             self._redis_up,
             self._redis_down,
             self._message,
+            self._link_error,
             reply_timeout=max(0.5, min(5.0, timeout / 3)),
             max_backoff=max(0.5, min(5.0, timeout / 2)),
         )
@@ -325,10 +326,13 @@ class ClusterHub(Service):
             self.metrics.redis_up.set(1)
         self._resync()
 
+    def _link_error(self, reason: str) -> None:
+        if self.metrics:
+            self.metrics.redis_errors.inc()
+
     def _redis_down(self, reason: str) -> None:
         if self.metrics:
             self.metrics.redis_up.set(0)
-            self.metrics.redis_errors.inc()
         self._writable = False
         self._synced = False
         # Nobody will answer the pending reads: serve what this node knows.
@@ -437,6 +441,10 @@ class ClusterHub(Service):
                 self._resync()
             sweep = yield self.store.sweep(now)
             self._swept(sweep)
+            try:
+                yield self.link.ping_subscriber()
+            except defer.TimeoutError:
+                self.link.abort("the pub/sub connection stopped answering")
 
         def done(result: Any) -> None:
             self._beating = False

@@ -145,6 +145,7 @@ class RedisLink:
         on_up: Callable[[], None],
         on_down: Callable[[str], None],
         on_message: Callable[[str, str], None],
+        on_error: Callable[[str], None] = lambda reason: None,
         reply_timeout: float = 5.0,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
@@ -152,6 +153,7 @@ class RedisLink:
         self.url = url
         self.reactor = reactor
         self.on_up, self.on_down, self.on_message = on_up, on_down, on_message
+        self.on_error = on_error
         self.reply_timeout = reply_timeout
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -248,6 +250,7 @@ class RedisLink:
     def _failed(self, reason: str) -> None:
         was_up = self.up
         self.errors += 1
+        self.on_error(reason)
         self._generation += 1
         self._drop()
         self.problem = reason
@@ -284,6 +287,15 @@ class RedisLink:
             return defer.fail(RedisUnavailable(self.problem or "redis is down"))
         waits = [defer.maybeDeferred(subscriber.subscribe, [name]) for name in channels]
         return defer.gatherResults(waits, consumeErrors=True)
+
+    def ping_subscriber(self) -> defer.Deferred[Any]:
+        """The pub/sub connection only receives: a PING proves it is not half-open."""
+        subscriber = self.subscriber
+        if subscriber is None:
+            return defer.fail(RedisUnavailable(self.problem or "redis is down"))
+        d = defer.maybeDeferred(subscriber.ping)
+        d.addTimeout(self.reply_timeout, self.reactor)
+        return d
 
     def unsubscribe(self, channels: Iterable[str]) -> None:
         subscriber = self.subscriber
