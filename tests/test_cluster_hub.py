@@ -191,3 +191,25 @@ def test_redis_away_local_presence_then_one_diff_per_real_change_on_resync() -> 
     store.snapshots[-1][1].callback({"x": (1, view("away")), "far": (5, view("online"))})
     assert watcher.take() == [("DIFF", "far", "online", "1")]  # x: already told
     assert hub.health_problem() is None
+
+
+def test_connection_rank_and_count_for_a_cluster_wide_cap() -> None:
+    hub, _, store = make_hub()
+    opened: defer.Deferred[Any] = defer.Deferred()
+    store.open = lambda *args: opened  # type: ignore[method-assign]
+    conn = hub.open("c1", "u", Peer(), 0)
+    ranks: list[int] = []
+    hub.connection_rank("c1").addCallback(ranks.append)
+    assert ranks == []  # waits for Redis to count it
+    opened.callback(3)  # two more on other nodes
+    assert ranks == [3]
+    hub.connection_rank("c1").addCallback(ranks.append)
+    assert ranks == [3, 3]
+    counts: list[int] = []
+    hub.user_connection_count("u").addCallback(counts.append)
+    assert counts == [1]  # FakeStore's HLEN answer
+    hub._redis_down("gone")
+    hub.user_connection_count("u").addCallback(counts.append)
+    assert counts == [1, 1]  # this node's own while Redis is away
+    hub.close(conn, 1, clean=True)
+    assert not hub._ranks
