@@ -124,24 +124,31 @@ def test_kill_9_leaves_no_ghost_and_a_restart_resurrects_nothing(
 ) -> None:
     a = start_node(start_daemon, redis_server.url, "--node-name", "alpha")
     b = start_node(start_daemon, redis_server.url)
+    c = start_node(start_daemon, redis_server.url)
 
     async def flow() -> None:
         alice = await Client.connect(a, "alice")
         dave = await Client.connect(a, "dave")
         bob = await Client.connect(b, "bob")
-        await bob.subscribe("alice", "dave")
+        carol = await Client.connect(c, "carol")
+        for watcher in (bob, carol):
+            await watcher.subscribe("alice", "dave")
         assert a.proc is not None
         a.proc.kill()  # kill -9
         killed = time.monotonic()
-        got = {}
-        for _ in range(2):
-            diff = await bob.diff(timeout=NODE_TIMEOUT + 3)
-            got[diff["userId"]] = diff
-        assert time.monotonic() - killed < NODE_TIMEOUT + 1.5
-        assert {d["status"] for d in got.values()} == {"offline"}
-        assert all(d["lastSeen"] for d in got.values())
-        assert b.metrics()["presence_node_cleanups_total"] == 1
-        assert b.metrics()["presence_nodes_current"] == 1
+        for watcher in (bob, carol):
+            got = {}
+            for _ in range(2):
+                diff = await watcher.diff(timeout=NODE_TIMEOUT + 3)
+                got[diff["userId"]] = diff
+            assert time.monotonic() - killed < NODE_TIMEOUT + 1.5
+            assert {d["status"] for d in got.values()} == {"offline"}
+            assert all(d["lastSeen"] for d in got.values())
+        await carol.quiet(0.3)  # exactly once
+        survivors = [b.metrics(), c.metrics()]
+        assert sum(m["presence_node_cleanups_total"] for m in survivors) == 1  # one of them
+        await asyncio.sleep(1.0)
+        assert [m["presence_nodes_current"] for m in (b.metrics(), c.metrics())] == [2, 2]
         for client in (alice, dave):
             await client.ws.close()
 
