@@ -44,12 +44,11 @@ for j = 1, #old, 2 do
     ended[conn] = nil
   end
 end
--- Ended meanwhile but unknown to Redis (it lost its data): keep their lastSeen at least.
+-- Ended meanwhile and the user unknown to Redis (it lost its data): keep their lastSeen.
+-- (A user Redis still knows was already ended, e.g. by the node clean-up: nothing to add.)
 for _, e in pairs(ended) do
   local ukey = P .. 'u:' .. e.uid
-  local r = redis.call('HMGET', ukey, 'st', 'ls', 'g')
-  if redis.call('HLEN', P .. 'uc:' .. e.uid) == 0 and not r[3] and (r[1] or 'offline') == 'offline'
-      and (not r[2] or r[2] == '' or tonumber(r[2]) < tonumber(e.at)) then
+  if redis.call('EXISTS', ukey) == 0 and redis.call('HLEN', P .. 'uc:' .. e.uid) == 0 then
     redis.call('HSET', ukey, 'st', 'offline', 'md', '{}', 'ls', e.at, 'lc', 0)
     redis.call('EXPIRE', ukey, ttl)
     publish(e.uid, redis.call('HINCRBY', ukey, 'v', 1), 'offline', 0, e.at, '{}')
