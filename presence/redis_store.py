@@ -23,7 +23,6 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from .model import OFFLINE, UserView
 
@@ -399,7 +398,3 @@ class Store:
 
     def connection_count(self, user_id: str) -> defer.Deferred[int]:
         return self.link.hlen(PREFIX + "uc:" + user_id).addCallback(int)
-
-
-def log_failure(failure: Failure, what: str) -> None:
-    log.warn("redis {what} failed: {error}", what=what, error=failure.getErrorMessage())
