@@ -66,6 +66,7 @@ class RedisServer:
             except subprocess.CalledProcessError:
                 pass
             time.sleep(0.05)
+        self.stop()
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
