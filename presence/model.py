@@ -54,6 +54,7 @@ class UserView:
 
 
 NEVER_SEEN: Final = UserView(OFFLINE, {}, None, 0)
+_NO_WATCHERS: Final[Mapping[str, Peer]] = {}
 
 
 class Connection:
@@ -259,6 +260,10 @@ class PresenceModel:
 
     def watched_users(self) -> Iterable[str]:
         return self._watchers.keys()
+
+    def watcher_map(self, user_id: str) -> Mapping[str, Peer]:
+        """connectionId -> peer of the connections watching this user (read only)."""
+        return self._watchers.get(user_id) or _NO_WATCHERS
 
     def watchers(self, user_id: str) -> tuple[Peer, ...]:
         watchers = self._watchers.get(user_id)

@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from . import wire
 from .auth import BadKey, JwtVerifier, verifier_from_public_key, verifier_from_secret
+from .cluster import CLUSTER_OPTIONS, ClusterHub, build_cluster_hub, check_cluster_options
 from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
 from .hub import LocalHub, PresenceHub
 from .metrics import Metrics
@@ -291,6 +292,7 @@ class Options(usage.Options):
             "Bytes queued for a client that does not read before it is disconnected (1008).",
             _number(int, 65536, "--max-send-buffer"),
         ],
+        *CLUSTER_OPTIONS,
     ]
     optFlags: list[Sequence[Any]] = [
         [
@@ -366,6 +368,7 @@ class Options(usage.Options):
             self["rate-limit"] = parse_rate(self["rate-limit"])
         if self["max-connections"] is None:
             self["max-connections"] = default_max_connections()
+        check_cluster_options(self)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         # twistd prints its whole usage before a UsageError; ours is one clear line.
@@ -432,8 +435,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     model = PresenceModel(
         offline_grace=options["offline-grace"], max_subscriptions=options["max-subscriptions"]
     )
-    hub = LocalHub(model)
     metrics = Metrics()
+    hub: LocalHub | ClusterHub
+    if options["redis"]:
+        hub = build_cluster_hub(options, model, metrics.registry, reactor)
+        hub.setServiceParent(root)  # on stop it removes this node's connections from Redis
+        health_problem: Callable[[], Any] = hub.health_problem
+    else:
+        hub = LocalHub(model)
+        health_problem = lambda: None  # noqa: E731
     metrics.watch(lambda: hub.model, lambda: hub.diffs_sent)
     config = ProtocolConfig(
         heartbeat_interval=options["heartbeat-interval"],
@@ -461,6 +471,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics_token=options["metrics-token"],
         handshake_timeout=options["handshake-timeout"],
         max_header_bytes=options["max-header-bytes"],
+        health_problem=health_problem,
     )
     verifier = options["verifier"]
     log.info(

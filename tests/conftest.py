@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon
+from tests.redis_fixture import redis_server, tcp_proxy  # noqa: F401 - fixtures
 
 
 @pytest.fixture

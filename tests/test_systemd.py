@@ -150,6 +150,7 @@ def parse_presence_options(value: str, tmp_path: Path) -> Options:
         _, cert = self_signed(credentials)
         (credentials / "chain.pem").write_bytes(cert.read_bytes())
         (credentials / "api-token").write_text("a-long-random-api-token-for-tests\n")
+        (credentials / "redis-password").write_text("a-redis-password\n")
         (credentials / "jwt.pem").write_bytes(
             ec.generate_private_key(ec.SECP256R1())
             .public_key()
