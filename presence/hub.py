@@ -29,6 +29,10 @@ class PresenceHub(Protocol):
 
     def tick(self, now: float) -> None: ...
 
+    def connection_rank(self, connection_id: str) -> Any:
+        """The user's connection count right after this one registered: an int, or a
+        Deferred of one (the cluster, counted atomically in Redis)."""
+
     def lookup(self, user_ids: Iterable[str]) -> Any:
         """dict userId -> UserView, or a Deferred of one (the cluster)."""
 
@@ -101,6 +105,10 @@ class LocalHub:
 
     def lookup(self, user_ids: Iterable[str]) -> dict[str, UserView]:
         return {user_id: self._model.view(user_id) for user_id in user_ids}
+
+    def connection_rank(self, connection_id: str) -> int:
+        conn = self._model.connection(connection_id)
+        return self._model.connections_of(conn.user_id) if conn else 0
 
     def deliver(self, changes: list[Change], now: float) -> None:
         for change in changes:

@@ -205,6 +205,21 @@ class PresenceProtocol(WebSocketServerProtocol):
             connection_id=connection_id,
             user_id=self.user_id,
         )
+        # Checked above against this node's count; the cluster's count arrives just after
+        # registration, and a connection ranked over the cap is the one to go.
+        cap = config.max_connections_per_user
+        if cap:
+            rank = factory.hub.connection_rank(connection_id)
+            if isinstance(rank, int):
+                self._enforce_user_cap(rank, cap)
+            else:
+                rank.addCallback(self._enforce_user_cap, cap)
+
+    def _enforce_user_cap(self, rank: int, cap: int) -> None:
+        if rank > cap and self.conn is not None:
+            self.factory.metrics.errors["capacity"].inc()
+            log.info("closing {connection_id}: user over its limit", connection_id=self._cid())
+            self.close(wire.CLOSE_TRY_AGAIN_LATER, "too many connections for this user")
 
     # -- messages --------------------------------------------------------------------------
 

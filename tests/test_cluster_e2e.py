@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import websockets
 
 from tests.cluster_client import NODE_TIMEOUT, Client, presence, start_node, wait_health
 from tests.daemon import Daemon
@@ -372,3 +373,31 @@ def test_a_password_from_a_file_and_a_wrong_one(start_daemon: Start, tmp_path: P
         asyncio.run(run(flow))
     finally:
         server.stop()
+
+
+def test_connections_per_user_cap_holds_across_nodes(
+    start_daemon: Start, redis_server: RedisServer
+) -> None:
+    a, b = (
+        start_node(start_daemon, redis_server.url, "--max-connections-per-user", "2")
+        for _ in range(2)
+    )
+
+    async def flow() -> None:
+        await Client.connect(a, "u")
+        await Client.connect(b, "u")  # two, one on each node: each node alone sees one
+        third = await websockets.connect(b.ws_url + "?userId=u")
+        closed = None
+        try:
+            while True:  # a CONNECT may come first: the cluster count is known just after
+                await asyncio.wait_for(third.recv(), 5)
+        except websockets.ConnectionClosed as e:
+            closed = e.rcvd
+        assert closed is not None
+        assert (closed.code, closed.reason) == (1013, "too many connections for this user")
+        assert presence(a, "u")["u"]["connections"] == 2
+        other = await Client.connect(a, "someone-else")  # the cap is per user
+        await other.send("HEARTBEAT")
+        assert (await other.next())["type"] == "HEARTBEAT_ACK"
+
+    asyncio.run(run(flow))
