@@ -158,7 +158,22 @@ class WebSocketEntry(Resource):
         if upgrade != b"websocket":
             request.setHeader(b"upgrade", b"websocket")
             return json_error(request, 426, "UPGRADE_REQUIRED", "connect with a WebSocket")
-        return self.websocket.render(request)
+        result = self.websocket.render(request)
+        if result is server.NOT_DONE_YET:
+            release_channel(request.channel)
+        return result
+
+
+def release_channel(channel: Any) -> None:
+    """The WebSocket protocol owns the transport now. Without this, the HTTP channel that
+    carried the handshake (and its request) lived on for the whole connection: held by the
+    Site's idle timer (12 hours by default) and as the transport's registered producer."""
+    channel.setTimeout(None)
+    transport = channel._networkProducer
+    if getattr(transport, "producer", None) is channel:
+        transport.unregisterProducer()
+    channel._networkProducer = None
+    channel.requests = []
 
 
 class BearerGuard(Resource):

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import struct
+import weakref
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.test import iosim
+from zope.interface import alsoProvides
 
 from presence.hub import LocalHub
 from presence.metrics import Metrics
@@ -108,7 +111,10 @@ class Pump:
     closed by either side is reported lost to both, as TCP does."""
 
     def __init__(self, server: Protocol, client: Protocol) -> None:
+        self.first_server_protocol = weakref.ref(server)  # the HTTP channel, before an upgrade
         self.server = iosim.FakeTransport(server, isServer=True)
+        # A TCP transport is a push producer, and the HTTP channel registers with it.
+        alsoProvides(self.server, IPushProducer)
         self.client = iosim.FakeTransport(client, isServer=False)
         server.makeConnection(self.server)
         client.makeConnection(self.client)

@@ -3,6 +3,8 @@ task.Clock. Timeouts are tested by advancing the clock, never by sleeping."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from prometheus_client import generate_latest
 from twisted.internet.protocol import Protocol
@@ -323,3 +325,16 @@ def test_large_messages_use_the_longer_frame_lengths(d: MemoryDaemon) -> None:
     watcher.send({"type": "SUBSCRIBE", "payload": {"userIds": ids[:3]}})
     big.flush()
     assert len(watcher.of_type("PRESENCE_STATE")[-1]["users"]) == 3  # the 2-byte form
+
+
+def test_the_http_channel_is_released_after_the_upgrade(d: MemoryDaemon) -> None:
+    """Only the WebSocket protocol stays per connection: the HTTP channel that carried the
+    handshake (and its request) must not live on through the Site's idle timer or as the
+    transport's producer."""
+    client = Client("/?userId=alice")
+    pump = d.open(client)
+    gc.collect()
+    assert pump.first_server_protocol() is None
+    client.send({"type": "HEARTBEAT"})
+    d.flush()
+    assert client.messages[-1]["type"] == "HEARTBEAT_ACK"
