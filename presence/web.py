@@ -169,9 +169,9 @@ def release_channel(channel: Any) -> None:
     carried the handshake (and its request) lived on for the whole connection: held by the
     Site's idle timer (12 hours by default) and as the transport's registered producer."""
     channel.setTimeout(None)
-    transport = channel._networkProducer
-    if getattr(transport, "producer", None) is channel:
-        transport.unregisterProducer()
+    # HTTPChannel registers itself with the transport (TCP, or TLS which wraps it) when
+    # the connection is made; a transport that is no producer got a no-op stand-in.
+    channel._networkProducer.unregisterProducer()
     channel._networkProducer = None
     channel.requests = []
 

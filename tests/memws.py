@@ -58,6 +58,11 @@ class MemTransport(StringTransport):
         self.aborted = True
         super().abortConnection()
 
+    def unregisterProducer(self) -> None:
+        # Like TCP's and TLS's transports, not StringTransport: none registered is fine.
+        self.producer = None
+        self.streaming = None
+
 
 class Client:
     def __init__(self, server: Server) -> None:
