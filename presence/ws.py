@@ -4,6 +4,7 @@ errors and close codes. Nothing about presence is decided here."""
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -98,6 +99,7 @@ def text_frame(payload: bytes) -> bytes:
 
 
 ZERO_MASK = b"\x00\x00\x00\x00"
+NO_QUEUE: Any = ()
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
@@ -170,6 +172,7 @@ class PresenceProtocol(WebSocketServerProtocol):
         self.token_expires = verified.expires
 
     def onOpen(self) -> None:
+        self._forget_handshake()
         factory = self.factory
         if self.refusal is not None or self.user_id is None:
             auth = self.refusal_code == wire.CLOSE_POLICY_VIOLATION
@@ -220,6 +223,27 @@ class PresenceProtocol(WebSocketServerProtocol):
             self.factory.metrics.errors["capacity"].inc()
             log.info("closing {connection_id}: user over its limit", connection_id=self._cid())
             self.close(wire.CLOSE_TRY_AGAIN_LATER, "too many connections for this user")
+
+    # Autobahn keeps the whole opening handshake on every protocol and never reads it after
+    # processHandshake; at tens of thousands of connections that is real memory.
+    _HANDSHAKE_ATTRIBUTES = (
+        "http_request_data",
+        "http_response_data",
+        "http_headers",
+        "http_request_params",
+        "http_status_line",
+        "http_request_uri",
+        "http_request_host",
+        "http_request_path",
+        "_wskey",
+    )
+
+    def _forget_handshake(self) -> None:
+        for name in self._HANDSHAKE_ATTRIBUTES:
+            self.__dict__.pop(name, None)
+        # Autobahn's queue for chopped or synchronous sends, which we never make: an empty
+        # deque is 760 bytes a connection. sendData makes a real one if ever needed.
+        self.send_queue = NO_QUEUE
 
     # -- messages --------------------------------------------------------------------------
 
@@ -424,6 +448,8 @@ class PresenceProtocol(WebSocketServerProtocol):
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if sync or chopsize or self.send_queue:
+            if self.send_queue is NO_QUEUE:
+                self.send_queue = deque()
             super().sendData(data, sync, chopsize)
         else:
             self.transport.write(data)  # type: ignore[union-attr]

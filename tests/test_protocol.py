@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 from twisted.internet.protocol import Protocol
 
-from presence.ws import PresenceProtocol
+from presence.ws import PresenceProtocol, text_frame
 from tests.memory import Client, MemoryDaemon
 
 
@@ -338,3 +338,16 @@ def test_the_http_channel_is_released_after_the_upgrade(d: MemoryDaemon) -> None
     client.send({"type": "HEARTBEAT"})
     d.flush()
     assert client.messages[-1]["type"] == "HEARTBEAT_ACK"
+
+
+def test_an_open_connection_keeps_no_handshake_data(d: MemoryDaemon) -> None:
+    """Memory per connection: Autobahn's copy of the opening handshake and its empty send
+    queue are dropped once the connection is open; its queued-send path still works."""
+    client = d.user("alice")
+    protocol = d.pumps[-1].server.protocol
+    assert not hasattr(protocol, "http_request_data")
+    assert not hasattr(protocol, "http_headers")
+    assert not protocol.send_queue
+    protocol.sendData(text_frame(b'{"type":"X"}'), sync=True)  # Autobahn's own queue path
+    d.flush()
+    assert client.messages[-1] == {"type": "X"}
