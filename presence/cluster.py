@@ -43,6 +43,7 @@ from . import wire
 from .hub import diff_message, state_message
 from .metrics import ClusterMetrics
 from .model import Change, Connection, PresenceModel, TooManySubscriptions, UserView
+from .options import number
 from .redis_store import (
     CHANNEL_PREFIX,
     RedisLink,
@@ -608,20 +609,6 @@ class ClusterHub(Service):
 # -- twistd options (tap.py lists them with its own) ------------------------------------
 
 
-def _seconds(minimum: float, name: str) -> Any:
-    def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a number, not {value!r}") from None
-        if number != number or number in (float("inf"), float("-inf")) or number < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-        return number
-
-    coerce.coerceDoc = f"At least {minimum}."  # type: ignore[attr-defined]
-    return coerce
-
-
 CLUSTER_OPTIONS: list[Sequence[Any]] = [
     [
         "redis",
@@ -642,14 +629,14 @@ CLUSTER_OPTIONS: list[Sequence[Any]] = [
         None,
         15.0,
         "Seconds after which a silent node is taken for dead and its connections end.",
-        _seconds(0.5, "--node-timeout"),
+        number(float, 0.5, "--node-timeout"),
     ],
     [
         "last-seen-ttl",
         None,
         30 * 86400.0,
         "Seconds Redis keeps an offline user's lastSeen.",
-        _seconds(1, "--last-seen-ttl"),
+        number(float, 1, "--last-seen-ttl"),
     ],
 ]
 

@@ -23,6 +23,7 @@ from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
 from .hub import LocalHub, PresenceHub
 from .metrics import Metrics
 from .model import PresenceModel
+from .options import choice, coerced, nonempty, number, readable_file
 from .origins import parse_origins
 from .ratelimit import parse_rate
 from .reaper import Reaper
@@ -36,58 +37,6 @@ DEFAULT_PORT = "tcp:3000"
 SHUTDOWN_WAIT = 3.0
 FD_RESERVE = 64  # file descriptors kept for listening sockets, logs, Redis, ...
 MIN_TOKEN_BYTES = 16
-
-
-def _number(kind: Callable[[str], Any], minimum: float, name: str) -> Callable[[str], Any]:
-    def coerce(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a number, not {value!r}") from None
-        if number != number or number in (float("inf"), float("-inf")) or number < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-        return number
-
-    coerce.coerceDoc = f"At least {minimum}."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _choice(name: str, *choices: str) -> Callable[[str], str]:
-    def coerce(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-        return value
-
-    coerce.coerceDoc = f"One of {', '.join(choices)}."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _readable_file(name: str) -> Callable[[str], Path]:
-    def coerce(value: str) -> Path:
-        path = Path(value)
-        if not path.is_file():
-            raise ValueError(f"{name}: {value!r} is not a readable file")
-        return path
-
-    coerce.coerceDoc = "A file path."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _coerced(name: str, parse: Callable[[str], Any], doc: str) -> Callable[[str], Any]:
-    def coerce(value: str) -> Any:
-        try:
-            return parse(value)
-        except ValueError as e:
-            raise ValueError(f"{name} {e}") from None
-
-    coerce.coerceDoc = doc  # type: ignore[attr-defined]
-    return coerce
-
-
-def _nonempty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value.strip()
 
 
 def _read_token(path: Path, name: str) -> bytes:
@@ -140,35 +89,35 @@ class Options(usage.Options):
             None,
             15.0,
             "Seconds between heartbeats the server advises clients to send.",
-            _number(float, 0.1, "--heartbeat-interval"),
+            number(float, 0.1, "--heartbeat-interval"),
         ],
         [
             "heartbeat-timeout",
             None,
             45.0,
             "Seconds without an inbound frame before a connection is closed (4408).",
-            _number(float, 0.1, "--heartbeat-timeout"),
+            number(float, 0.1, "--heartbeat-timeout"),
         ],
         [
             "max-message-size",
             None,
             65536,
             "Largest message in bytes; a larger one closes the connection (1009).",
-            _number(int, 256, "--max-message-size"),
+            number(int, 256, "--max-message-size"),
         ],
         [
             "offline-grace",
             None,
             10.0,
             "Seconds a user stays present after an abrupt disconnect (0 disables).",
-            _number(float, 0, "--offline-grace"),
+            number(float, 0, "--offline-grace"),
         ],
         [
             "max-subscriptions",
             None,
             1000,
             "Users one connection may watch.",
-            _number(int, 1, "--max-subscriptions"),
+            number(int, 1, "--max-subscriptions"),
         ],
         # -- security (issue 4) --------------------------------------------------------
         [
@@ -177,42 +126,42 @@ class Options(usage.Options):
             "none",
             "none (development: the userId is taken as given) or jwt (a token whose sub "
             "is the userId, as ?token= or Authorization: Bearer).",
-            _choice("--auth", "none", "jwt"),
+            choice("--auth", "none", "jwt"),
         ],
         [
             "jwt-secret-file",
             None,
             None,
             "With --auth jwt: a file holding the HS256 secret (at least 32 bytes)",
-            _readable_file("--jwt-secret-file"),
+            readable_file("--jwt-secret-file"),
         ],
         [
             "jwt-public-key-file",
             None,
             None,
             "With --auth jwt: a PEM public key; RSA means RS256, EC P-256 means ES256",
-            _readable_file("--jwt-public-key-file"),
+            readable_file("--jwt-public-key-file"),
         ],
         [
             "jwt-leeway",
             None,
             10.0,
             "Seconds of clock skew allowed for a token's nbf and iat.",
-            _number(float, 0, "--jwt-leeway"),
+            number(float, 0, "--jwt-leeway"),
         ],
         [
             "jwt-audience",
             None,
             None,
             "With --auth jwt: the aud a token must carry (default: aud not checked)",
-            _coerced("--jwt-audience", _nonempty, "A string."),
+            coerced("--jwt-audience", nonempty, "A string."),
         ],
         [
             "jwt-issuer",
             None,
             None,
             "With --auth jwt: the iss a token must carry (default: iss not checked)",
-            _coerced("--jwt-issuer", _nonempty, "A string."),
+            coerced("--jwt-issuer", nonempty, "A string."),
         ],
         [
             "token-grace",
@@ -220,7 +169,7 @@ class Options(usage.Options):
             30.0,
             "Seconds after a token's exp within which REFRESH_TOKEN must bring a new one "
             "(else close 1008 'token expired').",
-            _number(float, 0, "--token-grace"),
+            number(float, 0, "--token-grace"),
         ],
         [
             "api-token-file",
@@ -229,14 +178,14 @@ class Options(usage.Options):
             "A file holding the Bearer token GET /presence requires. With --auth jwt "
             "/presence always needs it (no file: 401 for everyone); with --auth none it is "
             "open unless this is given",
-            _readable_file("--api-token-file"),
+            readable_file("--api-token-file"),
         ],
         [
             "metrics-token-file",
             None,
             None,
             "A file holding a Bearer token GET /metrics requires (default: /metrics open)",
-            _readable_file("--metrics-token-file"),
+            readable_file("--metrics-token-file"),
         ],
         [
             "allowed-origins",
@@ -245,7 +194,7 @@ class Options(usage.Options):
             "Comma-separated Origin patterns a browser page may connect from "
             "(https://app.example.com, https://*.example.com:8443, null, *); others get 403. "
             "Default * with --auth none; must be given with --auth jwt",
-            _coerced("--allowed-origins", parse_origins, "Origin patterns."),
+            coerced("--allowed-origins", parse_origins, "Origin patterns."),
         ],
         [
             "rate-limit",
@@ -253,7 +202,7 @@ class Options(usage.Options):
             "20/10",
             "MSGS/SECONDS per connection: more gets ERROR RATE_LIMITED (dropped); past 3x "
             "the connection is closed (1008).",
-            _coerced("--rate-limit", parse_rate, "MSGS/SECONDS."),
+            coerced("--rate-limit", parse_rate, "MSGS/SECONDS."),
         ],
         [
             "max-connections",
@@ -261,14 +210,14 @@ class Options(usage.Options):
             None,
             "WebSocket connections this process accepts; more get HTTP 503 (0: no cap). "
             "[default: the open-file limit less 64]",
-            _number(int, 0, "--max-connections"),
+            number(int, 0, "--max-connections"),
         ],
         [
             "max-connections-per-user",
             None,
             16,
             "Open connections per userId; one more is closed 1013 (0: no cap).",
-            _number(int, 0, "--max-connections-per-user"),
+            number(int, 0, "--max-connections-per-user"),
         ],
         [
             "handshake-timeout",
@@ -276,21 +225,21 @@ class Options(usage.Options):
             DEFAULT_HANDSHAKE_TIMEOUT,
             "Seconds (absolute) for a connection to deliver a complete HTTP request / "
             "opening handshake; slower ones are dropped.",
-            _number(float, 0.1, "--handshake-timeout"),
+            number(float, 0.1, "--handshake-timeout"),
         ],
         [
             "max-header-bytes",
             None,
             DEFAULT_MAX_HEADER_BYTES,
             "Largest request line plus headers; more gets 400 and the connection closes.",
-            _number(int, 1024, "--max-header-bytes"),
+            number(int, 1024, "--max-header-bytes"),
         ],
         [
             "max-send-buffer",
             None,
             4 * 1024 * 1024,
             "Bytes queued for a client that does not read before it is disconnected (1008).",
-            _number(int, 65536, "--max-send-buffer"),
+            number(int, 65536, "--max-send-buffer"),
         ],
         *CLUSTER_OPTIONS,
     ]

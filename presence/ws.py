@@ -20,6 +20,7 @@ from txaio._common import _BatchedTimer
 
 from . import wire
 from .auth import JwtVerifier, TokenRejected, bearer
+from .frames import text_frame, unmask, unsent_bytes
 from .hub import PresenceHub
 from .metrics import Metrics
 from .model import Connection
@@ -29,6 +30,7 @@ from .ratelimit import ALLOWED, EXCEEDED, TokenBucket
 log = Logger()
 
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
+NO_QUEUE: Any = ()  # see _forget_handshake
 
 
 @dataclass(frozen=True)
@@ -50,28 +52,6 @@ class ProtocolConfig:
     max_send_buffer: int = 4 * 1024 * 1024
 
 
-def unsent_bytes(transport: Any) -> int:
-    """Bytes written to a transport but not yet handed to the kernel.
-
-    TCP and UNIX transports (``abstract.FileDescriptor``) keep ``dataBuffer`` (from
-    ``offset``) plus ``_tempDataBuffer`` (``_tempDataLen`` bytes); TLS wraps one of those
-    and holds application data of its own until its handshake is done.
-    """
-    total = 0
-    for _ in range(3):
-        pending = getattr(transport, "_tempDataLen", None)
-        if pending is not None:
-            buffered: int = pending + len(transport.dataBuffer) - transport.offset
-            return total + buffered
-        early = getattr(transport, "_appSendBuffer", None)
-        if early:
-            total += sum(map(len, early))
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            break
-    return total
-
-
 def _accept_deflate(max_message_size: int) -> Callable[[list[Any]], Any]:
     """--compression: accept permessage-deflate, inflated size bounded by the message cap."""
 
@@ -86,30 +66,6 @@ def _accept_deflate(max_message_size: int) -> Callable[[list[Any]], Any]:
 
 def _close_code(proto: WebSocketServerProtocol) -> int | None:
     return proto.localCloseCode if proto.closedByMe else proto.remoteCloseCode
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented server text frame (RFC 6455 5.2)."""
-    length = len(payload)
-    if length < 126:
-        return bytes((0x81, length)) + payload
-    if length < 65536:
-        return b"\x81\x7e" + length.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + length.to_bytes(8, "big") + payload
-
-
-ZERO_MASK = b"\x00\x00\x00\x00"
-NO_QUEUE: Any = ()
-
-
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    if mask == ZERO_MASK:  # what many load generators and some clients send
-        return payload
-    length = len(payload)
-    key = (mask * ((length >> 2) + 1))[:length]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
-        length, "little"
-    )
 
 
 def _close_reason(proto: WebSocketServerProtocol) -> str | None:

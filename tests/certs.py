@@ -13,7 +13,8 @@ from cryptography.x509.oid import NameOID
 
 
 def make_cert(directory: Path, name: str, common_name: str = "127.0.0.1") -> tuple[Path, Path]:
-    """Writes NAME.key and NAME.pem (a P-256 key and a self-signed cert for 127.0.0.1)."""
+    """Writes NAME.key and NAME.pem: a P-256 key and a self-signed certificate (also a CA,
+    so a client can trust it directly) for localhost and 127.0.0.1."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -26,7 +27,9 @@ def make_cert(directory: Path, name: str, common_name: str = "127.0.0.1") -> tup
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -40,8 +43,15 @@ def make_cert(directory: Path, name: str, common_name: str = "127.0.0.1") -> tup
             serialization.NoEncryption(),
         )
     )
+    key_path.chmod(0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """key.pem and cert.pem in ``directory``: the names etc/presence.env's examples use."""
+    key, cert = make_cert(directory, "server")
+    return key.rename(directory / "key.pem"), cert.rename(directory / "cert.pem")
 
 
 def fingerprint(pem_path: Path) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from presence.ws import text_frame, unmask
+from presence.frames import text_frame, unmask
 from tests.memory import MemoryDaemon, frame
 
 HEARTBEAT = b'{"type":"HEARTBEAT"}'

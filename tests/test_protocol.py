@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 from twisted.internet.protocol import Protocol
 
-from presence.ws import PresenceProtocol, text_frame
+from presence.frames import text_frame
+from presence.ws import PresenceProtocol
 from tests.memory import Client, MemoryDaemon
 
 

@@ -436,7 +436,7 @@ def test_compressed_messages_are_bounded_after_inflation() -> None:
 def test_unsent_bytes_reads_tcp_and_tls_buffers() -> None:
     from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-    from presence.ws import unsent_bytes
+    from presence.frames import unsent_bytes
 
     class Tcp:
         dataBuffer = b"x" * 100

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from presence.tap import Options
+from tests.certs import self_signed
 from tests.daemon import ROOT, TWISTD
-from tests.test_e2e_tls import self_signed
 
 UNIT = ROOT / "systemd" / "presence.service"
 ENV_FILE = ROOT / "etc" / "presence.env"
