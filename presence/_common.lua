@@ -10,6 +10,7 @@
 --   P..'alive:'..node string with a TTL of --node-timeout, renewed by the node
 --   P..'reaped:'..node marker: the node's connections were ended by another node
 --   P..'grace'        zset: uid -> grace deadline
+--   P..'present'      set: users anyone sees as present (offline grace included)
 -- Channel P..'ch:'..uid carries "version\nstatus\nconnections\nlastSeen\nmetadata".
 local P = 'presence:'
 
@@ -51,6 +52,7 @@ local function settle(uid, now, ttl, ending)
     redis.call('HSET', ukey, 'st', st, 'md', md, 'ls', '', 'lc', lc)
     redis.call('HDEL', ukey, 'g', 'ea')
     redis.call('PERSIST', ukey)
+    redis.call('SADD', P .. 'present', uid)
   else
     if ost == 'offline' or og then return 0 end
     local at = ending and ending.at or stamp(now)
@@ -60,6 +62,7 @@ local function settle(uid, now, ttl, ending)
       return 0
     end
     st, md, ls, lc = 'offline', '{}', at, 0
+    redis.call('SREM', P .. 'present', uid)
     redis.call('HSET', ukey, 'st', st, 'md', md, 'ls', ls, 'lc', 0)
     redis.call('HDEL', ukey, 'g', 'ea')
     redis.call('EXPIRE', ukey, ttl)

@@ -109,6 +109,7 @@ class ClusterHub(Service):
         self.reactor = reactor
         self.metrics = metrics
         self.incarnation = os.urandom(4).hex()
+        self._users_present: int | None = None
         self.node = f"{config.node_name}#{self.incarnation}"
         timeout = config.node_timeout
         self.link = RedisLink(
@@ -454,7 +455,15 @@ class ClusterHub(Service):
         d.addErrback(self._error, "heartbeat")
         d.addBoth(done)
 
+    def users_present(self) -> int:
+        """Cluster-wide, as of the last beat (the last known count while Redis is away);
+        this node's own count until the first beat."""
+        if self._users_present is None:
+            return self._model.online_user_count
+        return self._users_present
+
     def _swept(self, sweep: Sweep) -> None:
+        self._users_present = sweep.users_present
         if self.metrics:
             self.metrics.nodes_current.set(sweep.alive)
             self.metrics.node_cleanups.inc(sweep.nodes_ended)

@@ -10,6 +10,7 @@ for i = 1, #due do
     local at = redis.call('HGET', ukey, 'ea') or ARGV[1]
     redis.call('HSET', ukey, 'st', 'offline', 'md', '{}', 'ls', at, 'lc', 0)
     redis.call('HDEL', ukey, 'g', 'ea')
+    redis.call('SREM', P .. 'present', uid)
     redis.call('EXPIRE', ukey, ARGV[2])
     publish(uid, redis.call('HINCRBY', ukey, 'v', 1), 'offline', 0, at, '{}')
     n = n + 1

@@ -29,6 +29,9 @@ class PresenceHub(Protocol):
 
     def tick(self, now: float) -> None: ...
 
+    def users_present(self) -> int:
+        """Users anyone would see as present (offline grace included), across the cluster."""
+
     def connection_rank(self, connection_id: str) -> Any:
         """The user's connection count right after this one registered: an int, or a
         Deferred of one (the cluster, counted atomically in Redis)."""
@@ -105,6 +108,9 @@ class LocalHub:
 
     def lookup(self, user_ids: Iterable[str]) -> dict[str, UserView]:
         return {user_id: self._model.view(user_id) for user_id in user_ids}
+
+    def users_present(self) -> int:
+        return self._model.online_user_count
 
     def connection_rank(self, connection_id: str) -> int:
         conn = self._model.connection(connection_id)

@@ -67,16 +67,22 @@ LATENCY_BUCKETS: Final = (
 
 
 class _PresenceCollector(Collector):
-    def __init__(self, model: Callable[[], PresenceModel], diffs_sent: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        model: Callable[[], PresenceModel],
+        diffs_sent: Callable[[], int],
+        users_present: Callable[[], int],
+    ) -> None:
         self._model = model
         self._diffs_sent = diffs_sent
+        self._users_present = users_present
 
     def collect(self) -> Iterator[Metric]:
         model = self._model()
         yield GaugeMetricFamily(
             "presence_users_online",
             "Users anyone would see as present (offline grace included).",
-            value=model.online_user_count,
+            value=self._users_present(),
         )
         transitions = CounterMetricFamily(
             "presence_transitions_total", "User status transitions.", labels=["to"]
@@ -186,11 +192,18 @@ class Metrics:
         self.clients: Callable[[], int] = lambda: 0
         registry.register(_WebSocketCollector(self))
 
-    def watch(self, model: Callable[[], PresenceModel], diffs_sent: Callable[[], int]) -> None:
-        """Read the presence figures (and distinct clients) from the model at scrape time."""
+    def watch(
+        self,
+        model: Callable[[], PresenceModel],
+        diffs_sent: Callable[[], int],
+        users_present: Callable[[], int] | None = None,
+    ) -> None:
+        """Read the presence figures (and distinct clients) from the model at scrape time;
+        ``users_present`` is the hub's (cluster-wide with --redis), else the model's."""
         self.clients = lambda: model().connected_user_count
         self.connections = lambda: model().connection_count
-        self.registry.register(_PresenceCollector(model, diffs_sent))
+        present = users_present or (lambda: model().online_user_count)
+        self.registry.register(_PresenceCollector(model, diffs_sent, present))
 
 
 class ClusterMetrics:

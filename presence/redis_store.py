@@ -313,6 +313,7 @@ class Sweep:
     alive: int
     nodes_ended: int
     connections_ended: int
+    users_present: int
 
 
 class Store:

@@ -2,7 +2,7 @@
 -- for a dead node does its clean-up, exactly once (the node leaves P..'nodes' here).
 -- ARGV: self, now, ttl, grace, sameName ('' or 'name#': earlier incarnations of this node,
 -- dead by definition, are ended at once).
--- Returns {nodes alive, nodes ended, connections ended}.
+-- Returns {nodes alive, nodes ended, connections ended, users present cluster-wide}.
 local self, now, ttl, grace, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local nodes = redis.call('HGETALL', P .. 'nodes')
 local alive, ended, conns = 0, 0, 0
@@ -20,4 +20,4 @@ for i = 1, #nodes, 2 do
     alive = alive + 1
   end
 end
-return {alive, ended, conns}
+return {alive, ended, conns, redis.call('SCARD', P .. 'present')}

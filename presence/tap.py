@@ -393,7 +393,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     else:
         hub = LocalHub(model)
         health_problem = lambda: None  # noqa: E731
-    metrics.watch(lambda: hub.model, lambda: hub.diffs_sent)
+    metrics.watch(lambda: hub.model, lambda: hub.diffs_sent, hub.users_present)
     config = ProtocolConfig(
         heartbeat_interval=options["heartbeat-interval"],
         heartbeat_timeout=options["heartbeat-timeout"],

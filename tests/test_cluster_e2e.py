@@ -401,3 +401,30 @@ def test_connections_per_user_cap_holds_across_nodes(
         assert (await other.next())["type"] == "HEARTBEAT_ACK"
 
     asyncio.run(run(flow))
+
+
+def test_users_online_is_the_clusters_count_on_every_node(
+    start_daemon: Start, redis_server: RedisServer
+) -> None:
+    a, b = (start_node(start_daemon, redis_server.url) for _ in range(2))
+
+    def online_everywhere(expected: float) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # refreshed on each node's beat
+            counts = [node.metrics()["presence_users_online"] for node in (a, b)]
+            if counts == [expected, expected]:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"presence_users_online {counts}, wanted {expected} on both")
+
+    async def flow() -> None:
+        alice = await Client.connect(a, "alice")
+        await Client.connect(b, "bob")
+        await Client.connect(b, "alice")  # one user on two nodes counts once
+        online_everywhere(2)
+        await alice.disconnect()
+        online_everywhere(2)  # alice is still present through her other connection
+        await Client.close_all()
+        online_everywhere(0)  # grace 0 in these tests: offline at once
+
+    asyncio.run(run(flow))
