@@ -121,8 +121,9 @@ def test_sweep_ends_a_dead_node_once_with_its_last_heartbeat_as_last_seen(lua: L
     lua.open("A#1", "c3", "e", 100)
     lua.r.call("PEXPIRE", "presence:alive:B#1", 1)
     lua.r.call("DEL", "presence:alive:B#1")
-    assert lua("sweep", "A#1", "103.000", TTL, 0, "") == [1, 1, 2]
-    assert lua("sweep", "A#1", "103.500", TTL, 0, "") == [1, 0, 0]  # exactly one clean-up
+    # alive, ended, connections ended, users present (e, still on A)
+    assert lua("sweep", "A#1", "103.000", TTL, 0, "") == [1, 1, 2, 1]
+    assert lua("sweep", "A#1", "103.500", TTL, 0, "") == [1, 0, 0, 1]  # exactly one clean-up
     assert lua.user("d")["st"] == "offline" and lua.user("d")["ls"] == "100.000"
     assert lua.user("e")["st"] == "online" and lua.user("e")["lc"] == "1"
     assert lua.published() == [
@@ -139,11 +140,12 @@ def test_sweep_respects_the_grace_from_the_last_heartbeat(lua: Lua) -> None:
     lua("heartbeat", "B#1", "100.000", 1)
     lua.open("B#1", "c1", "g", 100)
     lua.r.call("DEL", "presence:alive:B#1")
-    assert lua("sweep", "A#1", "102.000", TTL, 10, "") == [0, 1, 1]
+    assert lua("sweep", "A#1", "102.000", TTL, 10, "") == [0, 1, 1, 1]  # present in grace
     assert lua.user("g")["st"] == "online" and lua.user("g")["g"] == "1"
     assert lua.r.call("ZSCORE", "presence:grace", "g") == "110"
     assert lua("expire", "110.000", TTL, 100) == 1
     assert lua.user("g")["ls"] == "100.000"
+    assert lua.r.call("SCARD", "presence:present") == 0
 
 
 def test_a_restart_under_the_same_name_ends_the_old_incarnation_at_once(lua: Lua) -> None:
@@ -151,7 +153,7 @@ def test_a_restart_under_the_same_name_ends_the_old_incarnation_at_once(lua: Lua
     lua("heartbeat", "n2#x", "100.000", 60000)
     lua.open("n1#old", "c1", "u", 100)
     lua("heartbeat", "n1#new", "101.000", 60000)
-    assert lua("sweep", "n1#new", "101.000", TTL, 0, "n1#") == [2, 1, 1]
+    assert lua("sweep", "n1#new", "101.000", TTL, 0, "n1#") == [2, 1, 1, 0]
     assert lua.user("u")["st"] == "offline"
     assert sorted(lua.r.call("HKEYS", "presence:nodes")) == ["n1#new", "n2#x"]
 
