@@ -214,11 +214,7 @@ class ClusterHub(Service):
 
         def read(snapshot: dict[str, tuple[int, UserView]]) -> None:
             request.snapshot = snapshot
-            for user_id in new:
-                watch = self._watch.get(user_id)
-                if watch is not None and watch.pending and user_id in snapshot:
-                    version, view = snapshot[user_id]
-                    self._settle(user_id, watch, version, view, deliver=False)
+            self._apply_snapshot(new, snapshot, deliver=False)
             request.read = True
             self._try_finish(request)
 
@@ -411,11 +407,7 @@ class ClusterHub(Service):
         if ids:
             yield self.link.subscribe([channel(u) for u in ids])
         snapshot = yield self.store.snapshot(ids)
-        for user_id in ids:
-            watch = self._watch.get(user_id)
-            if watch is not None and watch.pending and user_id in snapshot:
-                version, view = snapshot[user_id]
-                self._settle(user_id, watch, version, view, deliver=True)
+        self._apply_snapshot(ids, snapshot, deliver=True)
         self._synced = True
         log.info(
             "registered {count} connections, watching {watched} users",
@@ -475,6 +467,20 @@ class ClusterHub(Service):
             )
 
     # -- delivering ------------------------------------------------------------------------
+
+    def _apply_snapshot(
+        self,
+        user_ids: Iterable[str],
+        snapshot: Mapping[str, tuple[int, UserView]],
+        deliver: bool,
+    ) -> None:
+        """Settle the watches still waiting for this snapshot (``deliver``: tell their
+        watchers what changed; a new watch's PRESENCE_STATE does that itself)."""
+        for user_id in user_ids:
+            watch = self._watch.get(user_id)
+            if watch is not None and watch.pending and user_id in snapshot:
+                version, view = snapshot[user_id]
+                self._settle(user_id, watch, version, view, deliver=deliver)
 
     def _settle(
         self, user_id: str, watch: _Watch, version: int, view: UserView, deliver: bool
