@@ -158,22 +158,23 @@ class WebSocketEntry(Resource):
         if upgrade != b"websocket":
             request.setHeader(b"upgrade", b"websocket")
             return json_error(request, 426, "UPGRADE_REQUIRED", "connect with a WebSocket")
+        release_channel(request.channel)
         result = self.websocket.render(request)
-        if result is server.NOT_DONE_YET:
-            release_channel(request.channel)
+        if result is server.NOT_DONE_YET:  # upgraded: no HTTP request is pending any more
+            request.channel.requests = []
         return result
 
 
 def release_channel(channel: Any) -> None:
-    """The WebSocket protocol owns the transport now. Without this, the HTTP channel that
-    carried the handshake (and its request) lived on for the whole connection: held by the
-    Site's idle timer (12 hours by default) and as the transport's registered producer."""
+    """The WebSocket protocol takes the transport over. Without this, the HTTP channel
+    that carried the handshake (and its request) lived on for the whole connection: held
+    by the Site's idle timer (12 hours by default) and as the transport's registered
+    producer, a place the WebSocket protocol takes for itself."""
     channel.setTimeout(None)
     # HTTPChannel registers itself with the transport (TCP, or TLS which wraps it) when
     # the connection is made; a transport that is no producer got a no-op stand-in.
     channel._networkProducer.unregisterProducer()
     channel._networkProducer = None
-    channel.requests = []
 
 
 class BearerGuard(Resource):

@@ -49,10 +49,14 @@ class MemTransport(StringTransport):
         self.stalled = False
         self.aborted = False
 
+    bufferSize = 2**16  # as TCP's: past it a streaming producer is paused
+
     def write(self, data: bytes) -> None:
         super().write(data)
         if self.stalled:
             self._tempDataLen += len(data)
+            if self._tempDataLen > self.bufferSize and self.producer and self.streaming:
+                self.producer.pauseProducing()
 
     def abortConnection(self) -> None:
         self.aborted = True
