@@ -196,3 +196,32 @@ def test_environment_file_examples_are_valid(tmp_path: Path) -> None:
 def test_environment_file_values_need_no_shell_quoting() -> None:
     for _, value in env_assignments(ENV_FILE.read_text()):
         assert shlex.split(value) == value.split(), value
+
+
+@pytest.fixture
+def template_here(tmp_path: Path) -> Path:
+    """presence@1.service (an instance of the template) beside presence.socket, with
+    ExecStart pointing at a twistd that exists here; nothing else changed."""
+    text = (ROOT / "systemd" / "presence@.service").read_text()
+    assert text.count(INSTALLED_TWISTD) == 1
+    (tmp_path / "presence.socket").write_text((ROOT / "systemd" / "presence.socket").read_text())
+    instance = tmp_path / "presence@1.service"
+    instance.write_text(text.replace(INSTALLED_TWISTD, str(TWISTD)))
+    return instance
+
+
+@needs_systemd_analyze
+def test_template_and_socket_verify_silently(template_here: Path) -> None:
+    for unit in (template_here, template_here.with_name("presence.socket")):
+        result = analyze("verify", str(unit))
+        assert (result.stdout + result.stderr, result.returncode) == ("", 0), unit.name
+
+
+@needs_systemd_analyze
+def test_template_exposure_is_at_most_2(template_here: Path) -> None:
+    result = analyze("security", "--offline=true", str(template_here))
+    found = re.search(
+        r"Overall exposure level for presence@1\.service: (\d+(?:\.\d+)?)", result.stdout
+    )
+    assert found, result.stdout + result.stderr
+    assert float(found.group(1)) <= MAX_EXPOSURE, result.stdout
