@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from . import wire
-from .model import Change, Connection, PresenceModel, TooManySubscriptions, UserView
+from .core import wire
+from .core.model import Change, Connection, PresenceModel, TooManySubscriptions, UserView
 
 
 class PresenceHub(Protocol):

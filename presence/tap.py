@@ -16,20 +16,20 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import wire
-from .auth import BadKey, JwtVerifier, verifier_from_public_key, verifier_from_secret
-from .cluster import CLUSTER_OPTIONS, ClusterHub, build_cluster_hub, check_cluster_options
-from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
+from .cluster.hub import CLUSTER_OPTIONS, ClusterHub, build_cluster_hub, check_cluster_options
+from .core import wire
+from .core.auth import BadKey, JwtVerifier, verifier_from_public_key, verifier_from_secret
+from .core.model import PresenceModel
+from .core.origins import parse_origins
+from .core.ratelimit import parse_rate
 from .hub import LocalHub, PresenceHub
-from .metrics import Metrics
-from .model import PresenceModel
 from .options import choice, coerced, nonempty, number, readable_file
-from .origins import parse_origins
-from .ratelimit import parse_rate
-from .reaper import Reaper
-from .tls import ReloadableTLS, TLSConfigError, TLSReloadService, parse_ssl_port
-from .web import build_site
-from .ws import PresenceFactory, ProtocolConfig
+from .server.handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
+from .server.metrics import Metrics
+from .server.reaper import Reaper
+from .server.tls import ReloadableTLS, TLSConfigError, TLSReloadService, parse_ssl_port
+from .server.web import build_site
+from .server.ws import PresenceFactory, ProtocolConfig
 
 log = Logger()
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon
-from tests.redis_fixture import redis_server, tcp_proxy  # noqa: F401 - fixtures
+from tests.support.daemon import Daemon
+from tests.support.redis_fixture import redis_server, tcp_proxy  # noqa: F401 - fixtures
 
 
 @pytest.fixture

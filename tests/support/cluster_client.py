@@ -1,0 +1,124 @@
+"""Helpers for the cluster end-to-end tests: cluster nodes and a small websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+
+from tests.support.daemon import Daemon
+
+NODE_TIMEOUT = 2.0
+
+
+def start_node(
+    start_daemon: Callable[..., Daemon],
+    redis_url: str,
+    *extra: str,
+    grace: float = 0,
+    node_timeout: float = NODE_TIMEOUT,
+    **kwargs: Any,
+) -> Daemon:
+    daemon = start_daemon(
+        "--redis",
+        redis_url,
+        "--node-timeout",
+        str(node_timeout),
+        "--offline-grace",
+        str(grace),
+        "--heartbeat-interval",
+        "1",
+        "--heartbeat-timeout",
+        "10",
+        # These tests send bursts on purpose; the rate limit has tests of its own.
+        "--rate-limit",
+        "1000/1",
+        *extra,
+        **kwargs,
+    )
+    wait_health(daemon, 200)
+    return daemon
+
+
+def wait_health(daemon: Daemon, status: int, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        code, body = daemon.get_json("/health")
+        if code == status:
+            return dict(body)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/health stayed {code} {body}, wanted {status}")
+        time.sleep(0.05)
+
+
+def presence(daemon: Daemon, *user_ids: str) -> dict[str, Any]:
+    code, body = daemon.get_json("/presence?userIds=" + ",".join(user_ids))
+    assert code == 200, body
+    return dict(body["users"])
+
+
+class Client:
+    opened: list[Client] = []
+
+    def __init__(self, ws: Any, user_id: str) -> None:
+        self.ws = ws
+        self.user_id = user_id
+        Client.opened.append(self)
+
+    @classmethod
+    async def close_all(cls) -> None:
+        """Close every client of this test so the daemons stop at once afterwards."""
+        clients, cls.opened = cls.opened, []
+        await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
+
+    @classmethod
+    async def connect(cls, daemon: Daemon, user_id: str) -> Client:
+        ws = await websockets.connect(daemon.ws_url + "?userId=" + user_id)
+        client = cls(ws, user_id)
+        assert (await client.next())["type"] == "CONNECT"
+        return client
+
+    async def send(self, kind: str, **payload: Any) -> None:
+        message: dict[str, Any] = {"type": kind}
+        if payload:
+            message["payload"] = payload
+        await self.ws.send(json.dumps(message))
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        return dict(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
+
+    async def subscribe(self, *user_ids: str) -> dict[str, Any]:
+        await self.send("SUBSCRIBE", userIds=list(user_ids))
+        state = await self.next()
+        assert state["type"] == "PRESENCE_STATE", state
+        return dict(state["users"])
+
+    async def update(self, status: str, metadata: dict[str, Any] | None = None) -> None:
+        if metadata is None:
+            await self.send("PRESENCE_UPDATE", status=status)
+        else:
+            await self.send("PRESENCE_UPDATE", status=status, metadata=metadata)
+
+    async def diff(self, timeout: float = 5.0) -> dict[str, Any]:
+        message = await self.next(timeout)
+        assert message["type"] == "PRESENCE_DIFF", message
+        return message
+
+    async def quiet(self, seconds: float) -> None:
+        """Nothing arrives for this long."""
+        try:
+            message = await asyncio.wait_for(self.ws.recv(), seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected {message}")
+
+    async def disconnect(self) -> None:
+        await self.send("DISCONNECT")
+        await self.ws.wait_closed()
+
+    async def close(self) -> None:
+        await self.ws.close()
