@@ -1,8 +1,10 @@
-"""The hub: what the protocol and the web resources call. It drives the model and delivers
-its changes: each diff is encoded once and handed to every watcher as one shared message.
+"""The hub: what the protocol and the web resources call, and the single-node hub.
 
-Pure like the model (time comes in as ``now``). The cluster has a hub of its own with the
-same methods, so the protocol and web layers never know which one they talk to.
+The hub drives the model and delivers its changes: each diff is encoded once and handed to
+every watcher as one shared message. The cluster has a hub of its own with the same
+methods, so the server edges never know which one they talk to. Each method has one kind
+of result: ``open`` and ``lookup`` always answer with a Deferred (already fired here, on one
+node), the others return at once.
 """
 
 from __future__ import annotations
@@ -10,12 +12,45 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from .core import wire
-from .core.model import Change, Connection, PresenceModel, TooManySubscriptions, UserView
+from twisted.internet import defer
+
+from .core import policy, wire
+from .core.model import (
+    Change,
+    Connection,
+    Peer,
+    PresenceModel,
+    Stats,
+    TooManySubscriptions,
+    UserView,
+)
+
+
+class Figures(Protocol):
+    """What the metrics read of this node's connections at scrape time."""
+
+    @property
+    def connection_count(self) -> int: ...
+
+    @property
+    def connected_user_count(self) -> int: ...
+
+    @property
+    def subscription_count(self) -> int: ...
+
+    @property
+    def stats(self) -> Stats: ...
 
 
 class PresenceHub(Protocol):
-    def open(self, connection_id: str, user_id: str, peer: Any, now: float) -> Connection: ...
+    diffs_sent: int
+
+    def open(
+        self, connection_id: str, user_id: str, peer: Peer, now: float
+    ) -> defer.Deferred[Connection]:
+        """Fires once the connection counts (cluster-wide, or on this node while Redis is
+        away): the moment to send CONNECT. Fails with ``policy.OverCapacity`` for a
+        connection over --max-connections-per-user, which then never counted."""
 
     def update(
         self, conn: Connection, status: str, metadata: Mapping[str, Any] | None, now: float
@@ -23,36 +58,42 @@ class PresenceHub(Protocol):
 
     def close(self, conn: Connection, now: float, clean: bool) -> None: ...
 
-    def subscribe(self, conn: Connection, user_ids: Iterable[str], now: float) -> None: ...
+    def subscribe(self, conn: Connection, user_ids: Iterable[str], now: float) -> None:
+        """Raises ``wire.WireError`` (nothing subscribed); sends PRESENCE_STATE itself."""
 
     def unsubscribe(self, conn: Connection, user_ids: Iterable[str]) -> None: ...
 
-    def tick(self, now: float) -> None: ...
+    def tick(self, now: float) -> None:
+        """Expire offline grace deadlines that passed."""
+
+    def lookup(self, user_ids: Iterable[str]) -> defer.Deferred[dict[str, UserView]]:
+        """What a watcher would be told of each user."""
 
     def users_present(self) -> int:
         """Users anyone would see as present (offline grace included), across the cluster."""
 
-    def connection_rank(self, connection_id: str) -> Any:
-        """The user's connection count right after this one registered: an int, or a
-        Deferred of one (the cluster, counted atomically in Redis)."""
+    def connections(self) -> list[Connection]:
+        """This node's open connections."""
 
-    def lookup(self, user_ids: Iterable[str]) -> Any:
-        """dict userId -> UserView, or a Deferred of one (the cluster)."""
+    def stale(self, now: float, timeout: float) -> list[Connection]:
+        """This node's connections with no inbound frame for ``timeout`` seconds."""
+
+    def health_problem(self) -> str | None:
+        """Why this node is degraded, or None."""
 
     @property
-    def model(self) -> PresenceModel: ...
+    def figures(self) -> Figures: ...
 
 
 def user_json(view: UserView) -> dict[str, Any]:
     return wire.user_object(view.status, view.metadata, view.last_seen, view.connections)
 
 
-def diff_message(change: Change, now: float) -> bytes:
-    view = change.view
+def diff_message(user_id: str, view: UserView, now: float) -> bytes:
     return wire.encode(
         {
             "type": "PRESENCE_DIFF",
-            "userId": change.user_id,
+            "userId": user_id,
             **user_json(view),
             "timestamp": wire.iso(now),
         }
@@ -69,21 +110,36 @@ def state_message(views: Mapping[str, UserView], now: float) -> bytes:
     )
 
 
+def subscribe_model(
+    model: PresenceModel, conn: Connection, ids: Iterable[str]
+) -> dict[str, UserView]:
+    try:
+        return model.subscribe(conn, ids)
+    except TooManySubscriptions as e:
+        raise wire.WireError("TOO_MANY_SUBSCRIPTIONS", str(e)) from None
+
+
 class LocalHub:
     """The single-node hub: the model holds everything, in memory."""
 
-    def __init__(self, model: PresenceModel) -> None:
+    def __init__(self, model: PresenceModel, max_connections_per_user: int = 0) -> None:
         self._model = model
+        self.max_connections_per_user = max_connections_per_user
         self.diffs_sent = 0
 
     @property
-    def model(self) -> PresenceModel:
+    def figures(self) -> Figures:
         return self._model
 
-    def open(self, connection_id: str, user_id: str, peer: Any, now: float) -> Connection:
+    def open(
+        self, connection_id: str, user_id: str, peer: Peer, now: float
+    ) -> defer.Deferred[Connection]:
+        rank = self._model.connections_of(user_id) + 1
+        if policy.over_user_cap(rank, self.max_connections_per_user):
+            return defer.fail(policy.OverCapacity("too many connections for this user"))
         conn, changes = self._model.open(connection_id, user_id, peer, now)
         self.deliver(changes, now)
-        return conn
+        return defer.succeed(conn)
 
     def update(
         self, conn: Connection, status: str, metadata: Mapping[str, Any] | None, now: float
@@ -94,10 +150,7 @@ class LocalHub:
         self.deliver(self._model.close(conn, now, clean), now)
 
     def subscribe(self, conn: Connection, user_ids: Iterable[str], now: float) -> None:
-        try:
-            views = self._model.subscribe(conn, user_ids)
-        except TooManySubscriptions as e:
-            raise wire.WireError("TOO_MANY_SUBSCRIPTIONS", str(e)) from None
+        views = subscribe_model(self._model, conn, user_ids)
         conn.peer.send(state_message(views, now))
 
     def unsubscribe(self, conn: Connection, user_ids: Iterable[str]) -> None:
@@ -106,21 +159,26 @@ class LocalHub:
     def tick(self, now: float) -> None:
         self.deliver(self._model.expire(now), now)
 
-    def lookup(self, user_ids: Iterable[str]) -> dict[str, UserView]:
-        return {user_id: self._model.view(user_id) for user_id in user_ids}
+    def lookup(self, user_ids: Iterable[str]) -> defer.Deferred[dict[str, UserView]]:
+        return defer.succeed({user_id: self._model.view(user_id) for user_id in user_ids})
 
     def users_present(self) -> int:
         return self._model.online_user_count
 
-    def connection_rank(self, connection_id: str) -> int:
-        conn = self._model.connection(connection_id)
-        return self._model.connections_of(conn.user_id) if conn else 0
+    def connections(self) -> list[Connection]:
+        return self._model.all_connections()
+
+    def stale(self, now: float, timeout: float) -> list[Connection]:
+        return self._model.stale(now, timeout)
+
+    def health_problem(self) -> str | None:
+        return None
 
     def deliver(self, changes: list[Change], now: float) -> None:
         for change in changes:
             if not change.watchers:
                 continue
-            message = wire.Shared(diff_message(change, now))
+            message = wire.Shared(diff_message(change.user_id, change.view, now))
             for peer in change.watchers:
                 peer.send_shared(message)
             self.diffs_sent += len(change.watchers)

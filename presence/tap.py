@@ -3,38 +3,23 @@
 from __future__ import annotations
 
 import resource
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet import defer, endpoints
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamServerEndpoint
-from twisted.internet.testing import MemoryReactor
-from twisted.logger import Logger
+from twisted.application.service import IService
+from twisted.internet import endpoints
 from twisted.python import usage
 
-from .cluster.hub import CLUSTER_OPTIONS, ClusterHub, build_cluster_hub, check_cluster_options
-from .core import wire
+from .app import build
+from .cluster.options import CLUSTER_OPTIONS, cluster_config
+from .config import DEFAULT_PORT, DEFAULTS, Config, Listen
 from .core.auth import BadKey, JwtVerifier, verifier_from_public_key, verifier_from_secret
-from .core.model import PresenceModel
 from .core.origins import parse_origins
 from .core.ratelimit import parse_rate
-from .hub import LocalHub, PresenceHub
 from .options import choice, coerced, nonempty, number, readable_file
-from .server.handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
-from .server.metrics import Metrics
-from .server.reaper import Reaper
-from .server.tls import ReloadableTLS, TLSConfigError, TLSReloadService, parse_ssl_port
-from .server.web import build_site
-from .server.ws import PresenceFactory, ProtocolConfig
+from .server.tls import ReloadableTLS, TLSConfigError, parse_ssl_port
 
-log = Logger()
-
-DEFAULT_PORT = "tcp:3000"
-SHUTDOWN_WAIT = 3.0
 FD_RESERVE = 64  # file descriptors kept for listening sockets, logs, Redis, ...
 MIN_TOKEN_BYTES = 16
 
@@ -69,6 +54,24 @@ def _load_verifier(options: usage.Options) -> JwtVerifier:
         raise usage.UsageError(f"{name}: {e}") from None
 
 
+# Parsing an endpoint description only stores the reactor it is given (and twistd has not
+# installed one yet when options are parsed): the listening happens in build().
+_NOT_YET = object()
+
+
+def _listen(description: str) -> Listen:
+    if description.startswith("ssl:"):
+        try:
+            return Listen(description, ReloadableTLS(parse_ssl_port(description)))
+        except TLSConfigError as e:
+            raise ValueError(f"--port: {e}") from None
+    try:
+        endpoints.serverFromString(_NOT_YET, description)
+    except Exception as e:
+        raise ValueError(f"--port {description}: {e}") from None
+    return Listen(description)
+
+
 def default_max_connections() -> int:
     """The open-file limit less a reserve: past it accept() would fail with EMFILE anyway."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -87,43 +90,43 @@ class Options(usage.Options):
         [
             "heartbeat-interval",
             None,
-            15.0,
+            DEFAULTS.heartbeat_interval,
             "Seconds between heartbeats the server advises clients to send.",
             number(float, 0.1, "--heartbeat-interval"),
         ],
         [
             "heartbeat-timeout",
             None,
-            45.0,
+            DEFAULTS.heartbeat_timeout,
             "Seconds without an inbound frame before a connection is closed (4408).",
             number(float, 0.1, "--heartbeat-timeout"),
         ],
         [
             "max-message-size",
             None,
-            65536,
+            DEFAULTS.max_message_size,
             "Largest message in bytes; a larger one closes the connection (1009).",
             number(int, 256, "--max-message-size"),
         ],
         [
             "offline-grace",
             None,
-            10.0,
+            DEFAULTS.offline_grace,
             "Seconds a user stays present after an abrupt disconnect (0 disables).",
             number(float, 0, "--offline-grace"),
         ],
         [
             "max-subscriptions",
             None,
-            1000,
+            DEFAULTS.max_subscriptions,
             "Users one connection may watch.",
             number(int, 1, "--max-subscriptions"),
         ],
-        # -- security (issue 4) --------------------------------------------------------
+        # -- security ---------------------------------------------------------------------
         [
             "auth",
             None,
-            "none",
+            DEFAULTS.auth,
             "none (development: the userId is taken as given) or jwt (a token whose sub "
             "is the userId, as ?token= or Authorization: Bearer).",
             choice("--auth", "none", "jwt"),
@@ -145,7 +148,7 @@ class Options(usage.Options):
         [
             "jwt-leeway",
             None,
-            10.0,
+            DEFAULTS.jwt_leeway,
             "Seconds of clock skew allowed for a token's nbf and iat.",
             number(float, 0, "--jwt-leeway"),
         ],
@@ -166,7 +169,7 @@ class Options(usage.Options):
         [
             "token-grace",
             None,
-            30.0,
+            DEFAULTS.token_grace,
             "Seconds after a token's exp within which REFRESH_TOKEN must bring a new one "
             "(else close 1008 'token expired').",
             number(float, 0, "--token-grace"),
@@ -215,14 +218,14 @@ class Options(usage.Options):
         [
             "max-connections-per-user",
             None,
-            16,
+            DEFAULTS.max_connections_per_user,
             "Open connections per userId; one more is closed 1013 (0: no cap).",
             number(int, 0, "--max-connections-per-user"),
         ],
         [
             "handshake-timeout",
             None,
-            DEFAULT_HANDSHAKE_TIMEOUT,
+            DEFAULTS.handshake_timeout,
             "Seconds (absolute) for a connection to deliver a complete HTTP request / "
             "opening handshake; slower ones are dropped.",
             number(float, 0.1, "--handshake-timeout"),
@@ -230,14 +233,14 @@ class Options(usage.Options):
         [
             "max-header-bytes",
             None,
-            DEFAULT_MAX_HEADER_BYTES,
+            DEFAULTS.max_header_bytes,
             "Largest request line plus headers; more gets 400 and the connection closes.",
             number(int, 1024, "--max-header-bytes"),
         ],
         [
             "max-send-buffer",
             None,
-            4 * 1024 * 1024,
+            DEFAULTS.max_send_buffer,
             "Bytes queued for a client that does not read before it is disconnected (1008).",
             number(int, 65536, "--max-send-buffer"),
         ],
@@ -272,52 +275,57 @@ class Options(usage.Options):
     opt_p = opt_port
 
     def postOptions(self) -> None:
-        if not self["ports"]:
-            self["ports"] = [DEFAULT_PORT]
-        self["tls"] = {}
-        for description in self["ports"]:
-            if description.startswith("ssl:"):
-                try:
-                    self["tls"][description] = ReloadableTLS(parse_ssl_port(description))
-                except TLSConfigError as e:
-                    raise usage.UsageError(f"--port: {e}") from None
-                continue
-            try:
-                # Parsing needs no real reactor (and twistd has not installed one yet).
-                endpoints.serverFromString(MemoryReactor(), description)
-            except Exception as e:
-                raise usage.UsageError(f"--port {description}: {e}") from None
+        try:
+            self.config = self._config()
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _config(self) -> Config:
+        """The one place the command line becomes the daemon's configuration."""
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
-            raise usage.UsageError("--heartbeat-timeout must be longer than --heartbeat-interval")
-        self["verifier"] = None
+            raise ValueError("--heartbeat-timeout must be longer than --heartbeat-interval")
+        verifier = None
+        origins = self["allowed-origins"]
         if self["auth"] == "jwt":
-            if self["allowed-origins"] is None:
-                raise usage.UsageError(
-                    "--auth jwt needs --allowed-origins (the pages that may connect)"
-                )
-            self["verifier"] = _load_verifier(self)
+            if origins is None:
+                raise ValueError("--auth jwt needs --allowed-origins (the pages that may connect)")
+            verifier = _load_verifier(self)
         elif any(
             self[name]
             for name in ("jwt-secret-file", "jwt-public-key-file", "jwt-audience", "jwt-issuer")
         ):
-            raise usage.UsageError("the --jwt-* options need --auth jwt")
-        if self["allowed-origins"] is None:
-            self["allowed-origins"] = ("*",)
-        self["api-token"] = (
-            _read_token(self["api-token-file"], "--api-token-file")
-            if self["api-token-file"]
-            else None
+            raise ValueError("the --jwt-* options need --auth jwt")
+        rate = self["rate-limit"]
+        if isinstance(rate, str):  # the default, given as text
+            rate = parse_rate(rate)
+        api, metrics = self["api-token-file"], self["metrics-token-file"]
+        max_connections = self["max-connections"]
+        return Config(
+            ports=tuple(_listen(d) for d in self["ports"] or [DEFAULT_PORT]),
+            heartbeat_interval=self["heartbeat-interval"],
+            heartbeat_timeout=self["heartbeat-timeout"],
+            max_message_size=self["max-message-size"],
+            offline_grace=self["offline-grace"],
+            max_subscriptions=self["max-subscriptions"],
+            auth=self["auth"],
+            verifier=verifier,
+            jwt_leeway=self["jwt-leeway"],
+            token_grace=self["token-grace"],
+            api_token=_read_token(api, "--api-token-file") if api else None,
+            metrics_token=_read_token(metrics, "--metrics-token-file") if metrics else None,
+            allowed_origins=DEFAULTS.allowed_origins if origins is None else origins,
+            rate_messages=rate[0],
+            rate_seconds=rate[1],
+            max_connections=(
+                default_max_connections() if max_connections is None else max_connections
+            ),
+            max_connections_per_user=self["max-connections-per-user"],
+            handshake_timeout=self["handshake-timeout"],
+            max_header_bytes=self["max-header-bytes"],
+            max_send_buffer=self["max-send-buffer"],
+            compression=bool(self["compression"]),
+            cluster=cluster_config(self),
         )
-        self["metrics-token"] = (
-            _read_token(self["metrics-token-file"], "--metrics-token-file")
-            if self["metrics-token-file"]
-            else None
-        )
-        if isinstance(self["rate-limit"], str):
-            self["rate-limit"] = parse_rate(self["rate-limit"])
-        if self["max-connections"] is None:
-            self["max-connections"] = default_max_connections()
-        check_cluster_options(self)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         # twistd prints its whole usage before a UsageError; ours is one clear line.
@@ -327,130 +335,5 @@ class Options(usage.Options):
             raise SystemExit(f"presence: {e}") from None
 
 
-class ShutdownService(Service):
-    """On stop, closes every client with 1001 and waits (briefly) for them to go."""
-
-    def __init__(self, hub: PresenceHub, clock: IReactorTime) -> None:
-        self.hub = hub
-        self.clock = clock
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        for conn in self.hub.model.all_connections():
-            conn.peer.close(wire.CLOSE_GOING_AWAY, "server shutting down")
-        done: defer.Deferred[None] = defer.Deferred()
-        deadline = self.clock.seconds() + SHUTDOWN_WAIT
-
-        def check() -> None:
-            if self.hub.model.connection_count == 0 or self.clock.seconds() >= deadline:
-                done.callback(None)
-            else:
-                self.clock.callLater(0.05, check)
-
-        check()
-        return done
-
-
-class ListeningPort(StreamServerEndpointService):
-    """A listening port whose failure to bind stops start-up with one clear line."""
-
-    _raiseSynchronously = True
-
-    def __init__(
-        self, description: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
-    ) -> None:
-        super().__init__(endpoint, factory)
-        self.description = description
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            raise SystemExit(
-                f"presence: cannot listen on {self.description}: {e.socketError}"
-            ) from None
-
-
-def reaper_interval(heartbeat_timeout: float) -> float:
-    return min(1.0, heartbeat_timeout / 4)
-
-
 def makeService(options: Options, reactor: Any = None) -> IService:
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
-    root = MultiService()
-    model = PresenceModel(
-        offline_grace=options["offline-grace"], max_subscriptions=options["max-subscriptions"]
-    )
-    metrics = Metrics()
-    hub: LocalHub | ClusterHub
-    if options["redis"]:
-        hub = build_cluster_hub(options, model, metrics.registry, reactor)
-        hub.setServiceParent(root)  # on stop it removes this node's connections from Redis
-        health_problem: Callable[[], Any] = hub.health_problem
-    else:
-        hub = LocalHub(model)
-        health_problem = lambda: None  # noqa: E731
-    metrics.watch(lambda: hub.model, lambda: hub.diffs_sent, hub.users_present)
-    config = ProtocolConfig(
-        heartbeat_interval=options["heartbeat-interval"],
-        heartbeat_timeout=options["heartbeat-timeout"],
-        max_message_size=options["max-message-size"],
-        allowed_origins=options["allowed-origins"],
-        compression=bool(options["compression"]),
-        verifier=options["verifier"],
-        token_grace=options["token-grace"],
-        rate_messages=options["rate-limit"][0],
-        rate_seconds=options["rate-limit"][1],
-        max_connections=options["max-connections"],
-        max_connections_per_user=options["max-connections-per-user"],
-        max_send_buffer=options["max-send-buffer"],
-    )
-    factory = PresenceFactory(hub, metrics, config, reactor)
-    site = build_site(
-        factory,
-        hub,
-        metrics,
-        reactor,
-        reactor.seconds(),
-        require_api_token=options["auth"] != "none",
-        api_token=options["api-token"],
-        metrics_token=options["metrics-token"],
-        handshake_timeout=options["handshake-timeout"],
-        max_header_bytes=options["max-header-bytes"],
-        health_problem=health_problem,
-    )
-    verifier = options["verifier"]
-    log.info(
-        "auth={auth}{algorithms} origins={origins} rate-limit={rate}/{per}s "
-        "max-connections={total} per-user={per_user}",
-        auth=options["auth"],
-        algorithms=f" ({', '.join(verifier.algorithms)})" if verifier else "",
-        origins=",".join(options["allowed-origins"]),
-        rate=options["rate-limit"][0],
-        per=options["rate-limit"][1],
-        total=options["max-connections"] or "none",
-        per_user=options["max-connections-per-user"] or "none",
-    )
-    if options["auth"] != "none" and options["api-token"] is None:
-        log.warn("no --api-token-file: GET /presence answers 401 to everyone")
-
-    ShutdownService(hub, reactor).setServiceParent(root)
-    Reaper(
-        hub, options["heartbeat-timeout"], reactor, reaper_interval(options["heartbeat-timeout"])
-    ).setServiceParent(root)
-    tls_ports: dict[str, ReloadableTLS] = options.get("tls") or {}
-    for description in options["ports"]:
-        tls = tls_ports.get(description)
-        # ssl: ports get our TLS policy and a context that reloads on SIGHUP.
-        endpoint = (
-            endpoints.serverFromString(reactor, description)
-            if tls is None
-            else tls.endpoint(reactor)
-        )
-        ListeningPort(description, endpoint, site).setServiceParent(root)
-    TLSReloadService(list(tls_ports.values()), reactor).setServiceParent(root)
-    log.info("presence serving on {ports}", ports=", ".join(options["ports"]))
-    return root
+    return build(options.config, reactor)

@@ -27,7 +27,6 @@ differs from what it was last told.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -39,16 +38,15 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..core import wire
+from ..core import policy, wire
 from ..core.model import Change, Connection, PresenceModel, TooManySubscriptions, UserView
-from ..hub import diff_message, state_message
-from ..options import number
+from ..hub import Figures, diff_message, state_message
 from .metrics import ClusterMetrics
+from .options import ClusterConfig
 from .store import (
     CHANNEL_PREFIX,
     RedisLink,
     RedisUnavailable,
-    RedisURL,
     Store,
     Sweep,
     channel,
@@ -58,19 +56,6 @@ from .store import (
 log = Logger()
 
 LEAVE_TIMEOUT = 2.0
-
-
-def default_node_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    redis: RedisURL
-    node_name: str
-    node_timeout: float = 15.0
-    last_seen_ttl: int = 30 * 86400
-    offline_grace: float = 10.0
 
 
 @dataclass(eq=False)
@@ -103,8 +88,10 @@ class ClusterHub(Service):
         config: ClusterConfig,
         reactor: Any,
         metrics: ClusterMetrics | None = None,
+        max_connections_per_user: int = 0,
     ) -> None:
         self._model = model
+        self.max_connections_per_user = max_connections_per_user
         self.config = config
         self.reactor = reactor
         self.metrics = metrics
@@ -119,10 +106,10 @@ class ClusterHub(Service):
             self._redis_down,
             self._message,
             self._link_error,
-            reply_timeout=max(0.5, min(5.0, timeout / 3)),
-            max_backoff=max(0.5, min(5.0, timeout / 2)),
+            reply_timeout=config.reply_timeout,
+            max_backoff=config.max_backoff,
         )
-        self.store = Store(self.link, self.node, config.offline_grace, config.last_seen_ttl)
+        self.store = Store(self.link, self.node, model.offline_grace, config.last_seen_ttl)
         self.diffs_sent = 0
         self._watch: dict[str, _Watch] = {}
         self._requests: dict[str, list[_StateRequest]] = {}  # connectionId -> waiting
@@ -143,10 +130,18 @@ class ClusterHub(Service):
     # -- the PresenceHub interface ---------------------------------------------------------
 
     @property
-    def model(self) -> PresenceModel:
+    def figures(self) -> Figures:
         return self._model
 
-    def open(self, connection_id: str, user_id: str, peer: Any, now: float) -> Connection:
+    def connections(self) -> list[Connection]:
+        return self._model.all_connections()
+
+    def stale(self, now: float, timeout: float) -> list[Connection]:
+        return self._model.stale(now, timeout)
+
+    def open(
+        self, connection_id: str, user_id: str, peer: Any, now: float
+    ) -> defer.Deferred[Connection]:
         conn, changes = self._model.open(connection_id, user_id, peer, now)
         if self._writable:
             self._ranks[connection_id] = []
@@ -155,7 +150,17 @@ class ClusterHub(Service):
             self._write(d, "open")
         else:
             self._deliver_local(changes, now)
-        return conn
+        cap = self.max_connections_per_user
+        if not cap:
+            return defer.succeed(conn)
+
+        def ranked(rank: int) -> Connection:
+            if policy.over_user_cap(rank, cap):
+                self.close(conn, self.reactor.seconds(), clean=True)
+                raise policy.OverCapacity("too many connections for this user")
+            return conn
+
+        return self.connection_rank(connection_id).addCallback(ranked)
 
     def update(
         self, conn: Connection, status: str, metadata: Mapping[str, Any] | None, now: float
@@ -555,7 +560,7 @@ class ClusterHub(Service):
         watchers = self._model.watcher_map(user_id)
         if not watchers:
             return
-        message = wire.Shared(diff_message(Change(user_id, view, ()), self.reactor.seconds()))
+        message = wire.Shared(diff_message(user_id, view, self.reactor.seconds()))
         requests = self._requests
         for connection_id, peer in watchers.items():
             waiting = requests.get(connection_id) if requests else None
@@ -619,77 +624,3 @@ class ClusterHub(Service):
             self.metrics.redis_errors.inc()
         if not failure.check(RedisUnavailable):
             log.warn("redis {what} failed: {error}", what=what, error=failure.getErrorMessage())
-
-
-# -- twistd options (tap.py lists them with its own) ------------------------------------
-
-
-CLUSTER_OPTIONS: list[Sequence[Any]] = [
-    [
-        "redis",
-        None,
-        None,
-        "Cluster on this Redis: redis://[:password@]host:port/db, or rediss:// for TLS. "
-        "Without it, presence lives in this process only.",
-    ],
-    ["redis-password-file", None, None, "Read the Redis password from this file."],
-    [
-        "node-name",
-        None,
-        None,
-        "This node's name in the cluster; keep it stable across restarts (default: hostname-pid).",
-    ],
-    [
-        "node-timeout",
-        None,
-        15.0,
-        "Seconds after which a silent node is taken for dead and its connections end.",
-        number(float, 0.5, "--node-timeout"),
-    ],
-    [
-        "last-seen-ttl",
-        None,
-        30 * 86400.0,
-        "Seconds Redis keeps an offline user's lastSeen.",
-        number(float, 1, "--last-seen-ttl"),
-    ],
-]
-
-
-def check_cluster_options(options: Mapping[str, Any]) -> None:
-    """Fail at start-up, in one line, on a bad --redis or password file."""
-    from twisted.python import usage
-
-    if not options["redis"]:
-        for name in ("redis-password-file", "node-name"):
-            if options[name]:
-                raise usage.UsageError(f"--{name} needs --redis")
-        return
-    try:
-        RedisURL.parse(options["redis"], _password(options))
-    except (ValueError, OSError) as e:
-        raise usage.UsageError(str(e)) from None
-    name = options["node-name"]
-    if name is not None and (not name or "#" in name or not wire.valid_user_id(name)):
-        raise usage.UsageError(f"--node-name {name!r}: printable, no spaces, no '#'")
-
-
-def _password(options: Mapping[str, Any]) -> str | None:
-    path = options["redis-password-file"]
-    if not path:
-        return None
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip() or None  # an empty file: no password
-
-
-def build_cluster_hub(
-    options: Mapping[str, Any], model: PresenceModel, registry: Any, reactor: Any
-) -> ClusterHub:
-    config = ClusterConfig(
-        redis=RedisURL.parse(options["redis"], _password(options)),
-        node_name=options["node-name"] or default_node_name(),
-        node_timeout=options["node-timeout"],
-        last_seen_ttl=max(1, int(options["last-seen-ttl"])),
-        offline_grace=options["offline-grace"],
-    )
-    return ClusterHub(model, config, reactor, ClusterMetrics(registry))

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 import txredisapi
@@ -25,6 +24,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
 from ..core.model import OFFLINE, UserView
+from .options import RedisURL
 
 log = Logger()
 
@@ -45,38 +45,6 @@ SCRIPTS = (
 
 class RedisUnavailable(Exception):
     """Redis is not connected (the hub serves local clients meanwhile)."""
-
-
-@dataclass(frozen=True)
-class RedisURL:
-    host: str
-    port: int
-    db: int
-    password: str | None
-    username: str | None
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str, password: str | None = None) -> RedisURL:
-        """redis://[[user]:password@]host[:port][/db] or rediss:// for TLS."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"--redis must be redis://host:port/db or rediss://..., not {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"--redis {url!r} has no host")
-        path = parts.path.strip("/")
-        try:
-            db = int(path) if path else 0
-            port = parts.port or 6379
-        except ValueError:
-            raise ValueError(f"--redis {url!r}: the port and database must be numbers") from None
-        if parts.password is not None and password is None:
-            password = unquote(parts.password)
-        username = unquote(parts.username) if parts.username else None
-        return cls(parts.hostname, port, db, password, username, parts.scheme == "rediss")
-
-    def describe(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
 
 
 def channel(user_id: str) -> str:

@@ -22,7 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from ..core.model import TRANSITION_TARGETS, PresenceModel
+from ..core.model import TRANSITION_TARGETS
+from ..hub import Figures
 
 MESSAGE_TYPES: Final = (
     "HEARTBEAT",
@@ -67,16 +68,16 @@ LATENCY_BUCKETS: Final = (
 class _PresenceCollector(Collector):
     def __init__(
         self,
-        model: Callable[[], PresenceModel],
+        figures: Figures,
         diffs_sent: Callable[[], int],
         users_present: Callable[[], int],
     ) -> None:
-        self._model = model
+        self._figures = figures
         self._diffs_sent = diffs_sent
         self._users_present = users_present
 
     def collect(self) -> Iterator[Metric]:
-        model = self._model()
+        model = self._figures
         yield GaugeMetricFamily(
             "presence_users_online",
             "Users anyone would see as present (offline grace included).",
@@ -192,13 +193,12 @@ class Metrics:
 
     def watch(
         self,
-        model: Callable[[], PresenceModel],
+        figures: Figures,
         diffs_sent: Callable[[], int],
-        users_present: Callable[[], int] | None = None,
+        users_present: Callable[[], int],
     ) -> None:
-        """Read the presence figures (and distinct clients) from the model at scrape time;
-        ``users_present`` is the hub's (cluster-wide with --redis), else the model's."""
-        self.clients = lambda: model().connected_user_count
-        self.connections = lambda: model().connection_count
-        present = users_present or (lambda: model().online_user_count)
-        self.registry.register(_PresenceCollector(model, diffs_sent, present))
+        """Read this node's figures at scrape time; ``users_present`` is the hub's
+        (cluster-wide with --redis)."""
+        self.clients = lambda: figures.connected_user_count
+        self.connections = lambda: figures.connection_count
+        self.registry.register(_PresenceCollector(figures, diffs_sent, users_present))

@@ -9,7 +9,6 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -139,7 +138,7 @@ class PresenceQuery(Resource):
             request.write(json_error(request, 503, "UNAVAILABLE", "presence store unavailable"))
             request.finish()
 
-        d = defer.maybeDeferred(self.hub.lookup, ids)
+        d = self.hub.lookup(ids)
         d.addCallbacks(answer, failed)
         return server.NOT_DONE_YET
 
@@ -240,7 +239,6 @@ def build_site(
     metrics: Metrics,
     clock: IReactorTime,
     started: float,
-    health_problem: Callable[[], Any] = lambda: None,
     *,
     require_api_token: bool = False,
     api_token: bytes | None = None,
@@ -259,7 +257,7 @@ def build_site(
     root = Root(
         {
             b"": WebSocketEntry(WebSocketResource(factory)),
-            b"health": Health(clock, started, health_problem),
+            b"health": Health(clock, started, hub.health_problem),
             b"metrics": metrics_page,
             b"presence": presence,
         }

@@ -4,7 +4,6 @@ errors and close codes. Nothing about presence is decided here."""
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -12,25 +11,22 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txaio._common import _BatchedTimer
 
-from ..core import wire
+from ..core import policy, wire
 from ..core.auth import JwtVerifier, TokenRejected, bearer
 from ..core.model import Connection
 from ..core.origins import OriginPolicy
 from ..core.ratelimit import ALLOWED, EXCEEDED, TokenBucket
 from ..hub import PresenceHub
-from .frames import text_frame, unmask, unsent_bytes
+from .fastpath import NO_QUEUE, FastPathProtocol
 from .metrics import Metrics
 
 log = Logger()
-
-STATE_OPEN = WebSocketProtocol.STATE_OPEN
-NO_QUEUE: Any = ()  # see _forget_handshake
 
 
 @dataclass(frozen=True)
@@ -42,13 +38,12 @@ class ProtocolConfig:
     open_handshake_timeout: float = 5.0
     allowed_origins: tuple[str, ...] = ("*",)
     compression: bool = False
-    # Security (issue 4): None means --auth none (the userId is taken as given).
+    # None means --auth none (the userId is taken as given).
     verifier: JwtVerifier | None = None
     token_grace: float = 30.0
     rate_messages: int = 20
     rate_seconds: float = 10.0
     max_connections: int = 0  # 0: no cap of our own
-    max_connections_per_user: int = 16  # 0: no cap
     max_send_buffer: int = 4 * 1024 * 1024
 
 
@@ -73,7 +68,7 @@ def _close_reason(proto: WebSocketServerProtocol) -> str | None:
     return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
 
 
-class PresenceProtocol(WebSocketServerProtocol):
+class PresenceProtocol(FastPathProtocol):
     factory: PresenceFactory
 
     conn: Connection | None = None
@@ -84,6 +79,10 @@ class PresenceProtocol(WebSocketServerProtocol):
     bucket: TokenBucket | None = None
     token_expires: float | None = None
     expiry_call: IDelayedCall | None = None
+    # Between the handshake and CONNECT (the hub is registering the connection): what the
+    # client sends meanwhile waits here, and an end is remembered as (time, clean).
+    early: list[tuple[bytes, bool]] | None = None
+    ended_early: tuple[float, bool] | None = None
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -137,49 +136,53 @@ class PresenceProtocol(WebSocketServerProtocol):
                 log.info("refused connection: {reason}", reason=self.refusal)
             self.close(self.refusal_code, self.refusal or "missing userId")
             return
-        if factory.user_at_capacity(self.user_id):
-            factory.metrics.errors["capacity"].inc()
-            log.info("refused connection: user={user_id!r} at its limit", user_id=self.user_id)
-            self.close(wire.CLOSE_TRY_AGAIN_LATER, "too many connections for this user")
-            return
         now = factory.clock.seconds()
         config = factory.config
         self.bucket = TokenBucket(config.rate_messages, config.rate_seconds, now)
         if self.token_expires is not None:
             self._arm_expiry(now)
-        connection_id = os.urandom(9).hex()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self.conn = factory.hub.open(connection_id, self.user_id, self, now)
+        self.early = []
+        d = factory.hub.open(os.urandom(9).hex(), self.user_id, self, now)
+        d.addCallbacks(self._opened, self._refused)
+        d.addErrback(self._internal_error, "opening a connection")
+
+    def _opened(self, conn: Connection) -> None:
+        """The connection counts now: CONNECT, then what the client sent meanwhile."""
+        early, self.early = self.early or [], None
+        factory = self.factory
+        if self.ended_early is not None:  # gone before it counted
+            factory.hub.close(conn, *self.ended_early)
+            return
+        self.conn = conn
         factory.metrics.connections_total.inc()
+        config = factory.config
         self.send(
             wire.connect_message(
-                self.user_id,
-                connection_id,
+                conn.user_id,
+                conn.id,
                 config.heartbeat_interval,
                 config.heartbeat_timeout,
-                wire.iso(now),
+                wire.iso(factory.clock.seconds()),
             )
         )
         log.info(
-            "connect {connection_id} user={user_id!r}",
-            connection_id=connection_id,
-            user_id=self.user_id,
+            "connect {connection_id} user={user_id!r}", connection_id=conn.id, user_id=conn.user_id
         )
-        # Checked above against this node's count; the cluster's count arrives just after
-        # registration, and a connection ranked over the cap is the one to go.
-        cap = config.max_connections_per_user
-        if cap:
-            rank = factory.hub.connection_rank(connection_id)
-            if isinstance(rank, int):
-                self._enforce_user_cap(rank, cap)
-            else:
-                rank.addCallback(self._enforce_user_cap, cap)
+        for payload, binary in early:
+            self.on_text(payload, binary)
 
-    def _enforce_user_cap(self, rank: int, cap: int) -> None:
-        if rank > cap and self.conn is not None:
-            self.factory.metrics.errors["capacity"].inc()
-            log.info("closing {connection_id}: user over its limit", connection_id=self._cid())
-            self.close(wire.CLOSE_TRY_AGAIN_LATER, "too many connections for this user")
+    def _refused(self, failure: Failure) -> None:
+        failure.trap(policy.OverCapacity)
+        self.early = None
+        self.factory.metrics.errors["capacity"].inc()
+        log.info("refused connection: user={user_id!r} at its limit", user_id=self.user_id)
+        self.close(wire.CLOSE_TRY_AGAIN_LATER, "too many connections for this user")
+
+    def _internal_error(self, failure: Failure, what: str) -> None:
+        self.factory.metrics.errors["internal"].inc()
+        log.failure("error {what}", failure=failure, what=what)
+        self.close(wire.CLOSE_INTERNAL_ERROR, "internal server error")
 
     # Autobahn keeps the whole opening handshake on every protocol and never reads it after
     # processHandshake; at tens of thousands of connections that is real memory.
@@ -204,10 +207,17 @@ class PresenceProtocol(WebSocketServerProtocol):
 
     # -- messages --------------------------------------------------------------------------
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def on_text(self, payload: bytes, isBinary: bool) -> None:
         started = perf_counter()
         conn = self.conn
         if conn is None:
+            early = self.early
+            if early is not None:
+                if len(early) >= 3 * self.factory.config.rate_messages:  # as the rate limit
+                    self.early = None
+                    self.close(wire.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+                else:
+                    early.append((payload, isBinary))
             return
         factory = self.factory
         metrics = factory.metrics
@@ -336,13 +346,15 @@ class PresenceProtocol(WebSocketServerProtocol):
                 self.expiry_call.cancel()
             self.expiry_call = None
         conn, self.conn = self.conn, None
-        if conn is None:
-            return
-        # Offline at once only when the client said goodbye; anything else gets the grace.
-        clean = self.disconnect_requested or (
-            not self.closedByMe and self.remoteCloseCode == wire.CLOSE_NORMAL
+        clean = policy.ends_at_once(
+            self.disconnect_requested, bool(self.closedByMe), self.remoteCloseCode
         )
-        self.factory.hub.close(conn, self.factory.clock.seconds(), clean)
+        now = self.factory.clock.seconds()
+        if conn is None:
+            if self.early is not None:  # the hub is still registering it
+                self.ended_early = (now, clean)
+            return
+        self.factory.hub.close(conn, now, clean)
         log.info(
             "disconnect {connection_id} user={user_id!r} code={code} reason={reason!r}",
             connection_id=conn.id,
@@ -351,129 +363,15 @@ class PresenceProtocol(WebSocketServerProtocol):
             reason=_close_reason(self),
         )
 
-    # -- Autobahn's per-message path, trimmed ---------------------------------------------
-    # Its versions format debug-log arguments for every frame and fire a Deferred-backed
-    # observer per message; we use neither, and these run once per frame.
-
-    def dataReceived(self, data: bytes) -> None:
-        if (
-            self.state == STATE_OPEN
-            and self.current_frame is None
-            and not self.data
-            and not self.inside_message
-            and self._perMessageCompress is None
-        ):
-            data = self._small_text_frames(data)
-            if not data:
-                return
-        self._dataReceived(data)
-
-    def _small_text_frames(self, data: bytes) -> bytes:
-        """Complete, masked, unfragmented text frames (nearly every frame we get) go straight
-        to onMessage; whatever else is left (control frames, partial or large frames, bad
-        UTF-8) is returned for Autobahn's own parser, which enforces the rules."""
-        offset, end, limit = 0, len(data), self.factory.config.max_message_size
-        while self.state == STATE_OPEN and end - offset >= 6:
-            first, second = data[offset], data[offset + 1]
-            length = second & 0x7F
-            header = 6
-            if length == 126:
-                if end - offset < 8:
-                    break
-                length = int.from_bytes(data[offset + 2 : offset + 4], "big")
-                header = 8
-                if length < 126:  # not the minimal encoding: Autobahn fails it
-                    break
-            if first != 0x81 or second < 0x80 or length == 127 or length > limit:
-                break
-            start = offset + header
-            if end - start < length:
-                break
-            payload = unmask(data[start : start + length], data[start - 4 : start])
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError:
-                break
-            offset = start + length
-            self.onMessage(payload, False)
-        return data[offset:] if offset else data
-
-    def onMessageEnd(self) -> None:
-        if not self.failedByMe:
-            self.onMessage(b"".join(self.message_data), self.message_is_binary)
-        self.message_data = None  # type: ignore[assignment]
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if sync or chopsize or self.send_queue:
-            if self.send_queue is NO_QUEUE:
-                self.send_queue = deque()
-            super().sendData(data, sync, chopsize)
-        else:
-            self.transport.write(data)  # type: ignore[union-attr]
-
-    # -- the Peer interface the model and hub use ------------------------------------------
-
-    def send(self, data: bytes) -> None:
-        if self.state == STATE_OPEN:
-            if self._perMessageCompress is None:
-                self.transport.write(text_frame(data))  # type: ignore[union-attr]
-            else:
-                self._send_compressed(data)
-            self._check_send_buffer()
-
-    def send_shared(self, message: wire.Shared) -> None:
-        if self.state != STATE_OPEN:
-            return
-        if self._perMessageCompress is None:
-            prepared = message.prepared
-            if prepared is None:
-                prepared = message.prepared = self.factory.prepareMessage(message.payload)
-            # What sendPreparedMessage does uncompressed, without two calls per watcher.
-            self.transport.write(prepared.payloadHybi)  # type: ignore[union-attr,attr-defined]
-        else:  # compressed per connection: each has its own deflate context
-            self._send_compressed(message.payload)
-        self._check_send_buffer()
-
-    def _send_compressed(self, data: bytes) -> None:
-        # Autobahn applies --max-message-size to what we send as well (after compression);
-        # it is a limit on clients, so the server's own messages are exempt.
-        limit: int = self.maxMessagePayloadSize  # type: ignore[has-type]
-        self.maxMessagePayloadSize = 0
-        try:
-            self.sendMessage(data)
-        finally:
-            self.maxMessagePayloadSize = limit
-
-    def _check_send_buffer(self) -> None:
-        if self.backed_up and unsent_bytes(self.transport) > self.factory.config.max_send_buffer:
-            self._too_slow()
-
-    # IPushProducer, registered with the transport when the connection opens: the transport
-    # pauses us once its send buffer is full (64 KiB for TCP), i.e. the client is not keeping
-    # up. Only then is the buffer measured, so a client that reads costs nothing per send.
-
-    backed_up = False
-
-    def pauseProducing(self) -> None:
-        self.backed_up = True
-
-    def resumeProducing(self) -> None:
-        self.backed_up = False
-
-    def stopProducing(self) -> None:
-        pass
-
-    def _too_slow(self) -> None:
+    def too_slow(self) -> None:
         """A client that does not read: stop buffering for it (the close frame is the last
         thing queued; Autobahn drops the TCP connection after the close handshake timeout)."""
         self.factory.metrics.errors["slow_reader"].inc()
         log.info("closing {connection_id}: client is not reading", connection_id=self._cid())
         self.close(wire.CLOSE_POLICY_VIOLATION, "send buffer full: client is not reading")
 
-    def close(self, code: int, reason: str) -> None:
-        """Close with any code, 1001-1013 included: sendClose only takes 1000 and 3000-4999."""
-        if self.state == STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+    def prepare(self, payload: bytes) -> Any:
+        return self.factory.prepareMessage(payload)
 
 
 class PresenceFactory(WebSocketServerFactory):
@@ -520,15 +418,16 @@ class PresenceFactory(WebSocketServerFactory):
             maxConnections=0,
             trustXForwardedFor=0,
         )
-
-    # -- admission: small methods so a cluster can swap in cluster-wide counts -----------
+        # What every connection reads on the hot path, once on a class of this factory's.
+        self.protocol = type(  # type: ignore[assignment]
+            "PresenceProtocol",
+            (PresenceProtocol,),
+            {
+                "max_message_size": config.max_message_size,
+                "max_send_buffer": config.max_send_buffer,
+            },
+        )
 
     def at_capacity(self) -> bool:
         """--max-connections: this process holds as many WebSockets as it may."""
-        cap = self.config.max_connections
-        return cap > 0 and self.hub.model.connection_count >= cap
-
-    def user_at_capacity(self, user_id: str) -> bool:
-        """--max-connections-per-user: this user already has as many as they may."""
-        cap = self.config.max_connections_per_user
-        return cap > 0 and self.hub.model.connections_of(user_id) >= cap
+        return policy.at_capacity(self.hub.figures.connection_count, self.config.max_connections)

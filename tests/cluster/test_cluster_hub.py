@@ -16,6 +16,11 @@ from presence.core import wire
 from presence.core.model import PresenceModel, UserView
 
 
+def result_of(d: Any) -> Any:
+    """The connection a hub's open answered with (already fired here)."""
+    return d.result
+
+
 class Peer:
     def __init__(self) -> None:
         self.got: list[dict[str, Any]] = []
@@ -104,7 +109,7 @@ def make_hub() -> tuple[ClusterHub, FakeLink, FakeStore]:
 def test_snapshot_after_subscribe_then_only_newer_diffs_in_order() -> None:
     hub, link, store = make_hub()
     peer = Peer()
-    conn = hub.open("c1", "w", peer, 0)
+    conn = result_of(hub.open("c1", "w", peer, 0))
     hub.subscribe(conn, ["x"], 0)
     (channels, subscribed) = link.subscribes[0]
     assert channels == [channel("x")] and not store.snapshots  # subscribe first
@@ -125,8 +130,8 @@ def test_snapshot_after_subscribe_then_only_newer_diffs_in_order() -> None:
 def test_a_second_watcher_gets_its_state_then_only_what_follows() -> None:
     hub, link, store = make_hub()
     first, second = Peer(), Peer()
-    c1 = hub.open("c1", "w1", first, 0)
-    c2 = hub.open("c2", "w2", second, 0)
+    c1 = result_of(hub.open("c1", "w1", first, 0))
+    c2 = result_of(hub.open("c2", "w2", second, 0))
     hub.subscribe(c1, ["x"], 0)
     link.subscribes[0][1].callback(None)
     store.snapshots[0][1].callback({"x": (5, view("online", 2))})
@@ -143,8 +148,8 @@ def test_a_second_watcher_gets_its_state_then_only_what_follows() -> None:
 def test_a_watcher_waits_for_a_watch_another_request_opened() -> None:
     hub, link, store = make_hub()
     first, second = Peer(), Peer()
-    c1 = hub.open("c1", "w1", first, 0)
-    c2 = hub.open("c2", "w2", second, 0)
+    c1 = result_of(hub.open("c1", "w1", first, 0))
+    c2 = result_of(hub.open("c2", "w2", second, 0))
     hub.subscribe(c1, ["x"], 0)
     hub.subscribe(c2, ["x", "y"], 0)  # x pending for c1's request; y new
     link.subscribes[1][1].callback(None)
@@ -159,7 +164,7 @@ def test_a_watcher_waits_for_a_watch_another_request_opened() -> None:
 def test_last_local_watcher_gone_unsubscribes() -> None:
     hub, link, store = make_hub()
     peer = Peer()
-    conn = hub.open("c1", "w", peer, 0)
+    conn = result_of(hub.open("c1", "w", peer, 0))
     hub.subscribe(conn, ["x", "y"], 0)
     link.subscribes[0][1].callback(None)
     store.snapshots[0][1].callback({"x": (1, view("online")), "y": (1, view("online"))})
@@ -173,14 +178,14 @@ def test_last_local_watcher_gone_unsubscribes() -> None:
 def test_redis_away_local_presence_then_one_diff_per_real_change_on_resync() -> None:
     hub, link, store = make_hub()
     watcher = Peer()
-    w = hub.open("c1", "w", watcher, 0)
+    w = result_of(hub.open("c1", "w", watcher, 0))
     hub.subscribe(w, ["x", "far"], 0)
     link.subscribes[0][1].callback(None)
     store.snapshots[0][1].callback({"x": (0, view("offline", 0)), "far": (4, view("busy"))})
     assert watcher.take() == [("STATE", "x=offline/0", "far=busy/1")]
     hub._redis_down("gone")
     assert hub.health_problem()
-    x = hub.open("c2", "x", Peer(), 1)  # local presence keeps working
+    x = result_of(hub.open("c2", "x", Peer(), 1))  # local presence keeps working
     hub.update(x, "away", None, 2)
     assert watcher.take() == [("DIFF", "x", "online", "1"), ("DIFF", "x", "away", "1")]
     writes = len(store.writes)
@@ -197,7 +202,7 @@ def test_connection_rank_and_count_for_a_cluster_wide_cap() -> None:
     hub, _, store = make_hub()
     opened: defer.Deferred[Any] = defer.Deferred()
     store.open = lambda *args: opened  # type: ignore[method-assign]
-    conn = hub.open("c1", "u", Peer(), 0)
+    conn = result_of(hub.open("c1", "u", Peer(), 0))
     ranks: list[int] = []
     hub.connection_rank("c1").addCallback(ranks.append)
     assert ranks == []  # waits for Redis to count it

@@ -49,7 +49,7 @@ def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
 def test_presence_families_read_the_model() -> None:
     metrics = Metrics()
     model = PresenceModel(offline_grace=0)
-    metrics.watch(lambda: model, lambda: 7)
+    metrics.watch(model, lambda: 7, lambda: model.online_user_count)
 
     class Peer:
         def send(self, data: bytes) -> None: ...

@@ -380,19 +380,19 @@ def http_get(server: Server, path: str, headers: dict[str, str] | None = None) -
 
 def test_presence_api_needs_the_api_token_when_auth_is_on() -> None:
     api = b"a" * 32
-    server = Server(site={"require_api_token": True, "api_token": api})
+    server = Server(auth="jwt", verifier=verifier_from_secret(SECRET), api_token=api)
     assert http_get(server, "/presence/alice") == 401
     assert http_get(server, "/presence?userIds=a,b", {"Authorization": "Bearer wrong"}) == 401
     assert http_get(server, "/presence/alice", {"Authorization": f"Bearer {api.decode()}"}) == 200
     assert http_get(server, "/health") == 200
     assert http_get(server, "/metrics") == 200
-    no_token = Server(site={"require_api_token": True})
+    no_token = Server(auth="jwt", verifier=verifier_from_secret(SECRET))
     assert http_get(no_token, "/presence/alice", {"Authorization": "Bearer anything"}) == 401
     assert http_get(Server(), "/presence/alice") == 200  # --auth none, no token file
 
 
 def test_metrics_token() -> None:
-    server = Server(site={"metrics_token": b"m" * 32})
+    server = Server(metrics_token=b"m" * 32)
     assert http_get(server, "/metrics") == 401
     assert http_get(server, "/metrics", {"Authorization": "Bearer " + "m" * 32}) == 200
     assert http_get(server, "/health") == 200

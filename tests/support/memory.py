@@ -15,13 +15,9 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from zope.interface import alsoProvides
 
-from presence.core.model import PresenceModel
-from presence.hub import LocalHub
-from presence.server.metrics import Metrics
-from presence.server.reaper import Reaper
-from presence.server.web import build_site
-from presence.server.ws import PresenceFactory, ProtocolConfig
-from presence.tap import ShutdownService, reaper_interval
+from presence.app import build
+from presence.config import Config
+from presence.server.services import ShutdownService
 
 
 def frame(
@@ -158,19 +154,20 @@ class MemoryDaemon:
     ) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)  # a plausible wall-clock time
-        self.model = PresenceModel(offline_grace, max_subscriptions)
-        self.hub = LocalHub(self.model)
-        self.metrics = Metrics()
-        self.metrics.watch(lambda: self.model, lambda: self.hub.diffs_sent)
-        config = ProtocolConfig(
+        config = Config(
+            ports=(),
             heartbeat_interval=heartbeat_timeout / 3,
             heartbeat_timeout=heartbeat_timeout,
             max_message_size=max_message_size,
+            offline_grace=offline_grace,
+            max_subscriptions=max_subscriptions,
         )
-        self.factory = PresenceFactory(self.hub, self.metrics, config, self.clock)
-        self.site = build_site(self.factory, self.hub, self.metrics, self.clock, 0.0)
-        self.reaper = Reaper(
-            self.hub, heartbeat_timeout, self.clock, reaper_interval(heartbeat_timeout)
+        self.daemon = build(config, self.clock)
+        self.model, self.hub, self.metrics = self.daemon.model, self.daemon.hub, self.daemon.metrics
+        self.factory, self.site, self.reaper = (
+            self.daemon.factory,
+            self.daemon.site,
+            self.daemon.reaper,
         )
         self.reaper.startService()
         self.shutdown = ShutdownService(self.hub, self.clock)

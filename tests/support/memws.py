@@ -14,11 +14,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from presence.core.model import PresenceModel
-from presence.hub import LocalHub
-from presence.server.metrics import Metrics
-from presence.server.web import build_site
-from presence.server.ws import PresenceFactory, PresenceProtocol, ProtocolConfig
+from presence.app import build
+from presence.config import Config
+from presence.server.ws import PresenceProtocol
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 MASK = b"\x11\x22\x33\x44"
@@ -158,18 +156,13 @@ class Client:
 
 
 class Server:
-    def __init__(self, site: dict[str, Any] | None = None, **config: Any) -> None:
+    def __init__(self, **config: Any) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.model = PresenceModel()
-        self.hub = LocalHub(self.model)
-        self.metrics = Metrics()
-        self.metrics.watch(lambda: self.model, lambda: self.hub.diffs_sent)
-        self.config = ProtocolConfig(**config)
-        self.factory = PresenceFactory(self.hub, self.metrics, self.config, self.clock)
-        self.site = build_site(
-            self.factory, self.hub, self.metrics, self.clock, self.clock.seconds(), **(site or {})
-        )
+        self.config = Config(ports=(), **config)
+        self.daemon = build(self.config, self.clock)
+        self.model, self.hub, self.metrics = self.daemon.model, self.daemon.hub, self.daemon.metrics
+        self.factory, self.site = self.daemon.factory, self.daemon.site
 
     def connect(
         self, path: str = "/?userId=alice", headers: dict[str, str] | None = None

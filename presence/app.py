@@ -1,0 +1,120 @@
+"""``build(config, reactor)``: the whole daemon as one MultiService. The command line
+(``tap.py``) and the tests both build it here, so what the tests drive is what runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.logger import Logger
+
+from .cluster.hub import ClusterHub
+from .cluster.metrics import ClusterMetrics
+from .config import Config
+from .core.model import PresenceModel
+from .hub import LocalHub
+from .server.metrics import Metrics
+from .server.services import ListeningPort, Reaper, ShutdownService, reaper_interval
+from .server.tls import TLSReloadService
+from .server.web import build_site
+from .server.ws import PresenceFactory, ProtocolConfig
+
+log = Logger()
+
+
+class Daemon(MultiService):
+    """The services, and the parts tests and tools reach for."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.clock = reactor
+        self.model = PresenceModel(config.offline_grace, config.max_subscriptions)
+        self.metrics = Metrics()
+        self.hub: LocalHub | ClusterHub
+        if config.cluster is not None:
+            self.hub = ClusterHub(
+                self.model,
+                config.cluster,
+                reactor,
+                ClusterMetrics(self.metrics.registry),
+                config.max_connections_per_user,
+            )
+            # On stop it removes this node's connections from Redis, after the clients left.
+            self.hub.setServiceParent(self)
+        else:
+            self.hub = LocalHub(self.model, config.max_connections_per_user)
+        hub = self.hub
+        self.metrics.watch(hub.figures, lambda: hub.diffs_sent, hub.users_present)
+        self.factory = PresenceFactory(hub, self.metrics, protocol_config(config), reactor)
+        self.site = build_site(
+            self.factory,
+            hub,
+            self.metrics,
+            reactor,
+            reactor.seconds(),
+            require_api_token=config.require_api_token,
+            api_token=config.api_token,
+            metrics_token=config.metrics_token,
+            handshake_timeout=config.handshake_timeout,
+            max_header_bytes=config.max_header_bytes,
+        )
+        ShutdownService(hub, reactor).setServiceParent(self)
+        self.reaper = Reaper(
+            hub, config.heartbeat_timeout, reactor, reaper_interval(config.heartbeat_timeout)
+        )
+        self.reaper.setServiceParent(self)
+        tls = []
+        for listen in config.ports:
+            # ssl: ports get our TLS policy and a context that reloads on SIGHUP.
+            if listen.tls is None:
+                endpoint = endpoints.serverFromString(reactor, listen.description)
+            else:
+                endpoint = listen.tls.endpoint(reactor)
+                tls.append(listen.tls)
+            ListeningPort(listen.description, endpoint, self.site).setServiceParent(self)
+        TLSReloadService(tls, reactor).setServiceParent(self)
+
+
+def protocol_config(config: Config) -> ProtocolConfig:
+    return ProtocolConfig(
+        heartbeat_interval=config.heartbeat_interval,
+        heartbeat_timeout=config.heartbeat_timeout,
+        max_message_size=config.max_message_size,
+        allowed_origins=config.allowed_origins,
+        compression=config.compression,
+        verifier=config.verifier,
+        token_grace=config.token_grace,
+        rate_messages=config.rate_messages,
+        rate_seconds=config.rate_seconds,
+        max_connections=config.max_connections,
+        max_send_buffer=config.max_send_buffer,
+    )
+
+
+def build(config: Config, reactor: Any = None) -> Daemon:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    daemon = Daemon(config, reactor)
+    verifier = config.verifier
+    log.info(
+        "auth={auth}{algorithms} origins={origins} rate-limit={rate}/{per}s "
+        "max-connections={total} per-user={per_user}",
+        auth=config.auth,
+        algorithms=f" ({', '.join(verifier.algorithms)})" if verifier else "",
+        origins=",".join(config.allowed_origins),
+        rate=config.rate_messages,
+        per=config.rate_seconds,
+        total=config.max_connections or "none",
+        per_user=config.max_connections_per_user or "none",
+    )
+    if config.auth != "none" and config.api_token is None:
+        log.warn("no --api-token-file: GET /presence answers 401 to everyone")
+    if config.ports:
+        log.info(
+            "presence serving on {ports}", ports=", ".join(p.description for p in config.ports)
+        )
+    return daemon

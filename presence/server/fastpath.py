@@ -1,0 +1,155 @@
+"""Autobahn's per-frame paths, trimmed for the frames a presence server sees, and the
+``Peer`` side the model and hub send through.
+
+Autobahn's own versions format debug-log arguments for every frame and fire a
+Deferred-backed observer per message; these run once per frame. Whatever is not a small,
+complete, masked text frame goes to Autobahn's own parser, which enforces RFC 6455.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from ..core import wire
+from .frames import text_frame, unmask, unsent_bytes
+
+STATE_OPEN = WebSocketProtocol.STATE_OPEN
+NO_QUEUE: Any = ()  # Autobahn's send queue, until a chopped or synchronous send needs one
+
+
+class FastPathProtocol(WebSocketServerProtocol):
+    """Subclasses give ``max_message_size``, ``max_send_buffer``, ``prepare`` (one shared
+    frame for many watchers), ``on_text`` (a complete text message) and ``too_slow``."""
+
+    max_message_size = 65536
+    max_send_buffer = 4 * 1024 * 1024
+    backed_up = False
+
+    def on_text(self, payload: bytes, binary: bool) -> None:
+        raise NotImplementedError
+
+    def prepare(self, payload: bytes) -> Any:
+        raise NotImplementedError
+
+    def too_slow(self) -> None:
+        raise NotImplementedError
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.on_text(payload, isBinary)
+
+    def dataReceived(self, data: bytes) -> None:
+        if (
+            self.state == STATE_OPEN
+            and self.current_frame is None
+            and not self.data
+            and not self.inside_message
+            and self._perMessageCompress is None
+        ):
+            data = self._small_text_frames(data)
+            if not data:
+                return
+        self._dataReceived(data)
+
+    def _small_text_frames(self, data: bytes) -> bytes:
+        """Complete, masked, unfragmented text frames (nearly every frame we get) go straight
+        to ``on_text``; whatever else is left (control frames, partial or large frames, bad
+        UTF-8) is returned for Autobahn's own parser, which enforces the rules."""
+        offset, end, limit = 0, len(data), self.max_message_size
+        while self.state == STATE_OPEN and end - offset >= 6:
+            first, second = data[offset], data[offset + 1]
+            length = second & 0x7F
+            header = 6
+            if length == 126:
+                if end - offset < 8:
+                    break
+                length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+                header = 8
+                if length < 126:  # not the minimal encoding: Autobahn fails it
+                    break
+            if first != 0x81 or second < 0x80 or length == 127 or length > limit:
+                break
+            start = offset + header
+            if end - start < length:
+                break
+            payload = unmask(data[start : start + length], data[start - 4 : start])
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break
+            offset = start + length
+            self.on_text(payload, False)
+        return data[offset:] if offset else data
+
+    def onMessageEnd(self) -> None:
+        if not self.failedByMe:
+            self.on_text(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None  # type: ignore[assignment]
+
+    # -- sending --------------------------------------------------------------------------
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if sync or chopsize or self.send_queue:
+            if self.send_queue is NO_QUEUE:
+                self.send_queue = deque()
+            super().sendData(data, sync, chopsize)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def send(self, data: bytes) -> None:
+        if self.state == STATE_OPEN:
+            if self._perMessageCompress is None:
+                self.transport.write(text_frame(data))  # type: ignore[union-attr]
+            else:
+                self._send_compressed(data)
+            self._check_send_buffer()
+
+    def send_shared(self, message: wire.Shared) -> None:
+        if self.state != STATE_OPEN:
+            return
+        if self._perMessageCompress is None:
+            prepared = message.prepared
+            if prepared is None:
+                prepared = message.prepared = self.prepare(message.payload)
+            # What sendPreparedMessage does uncompressed, without two calls per watcher.
+            self.transport.write(prepared.payloadHybi)  # type: ignore[union-attr,attr-defined]
+        else:  # compressed per connection: each has its own deflate context
+            self._send_compressed(message.payload)
+        self._check_send_buffer()
+
+    def _send_compressed(self, data: bytes) -> None:
+        # Autobahn applies --max-message-size to what we send as well (after compression);
+        # it is a limit on clients, so the server's own messages are exempt.
+        limit: int = self.maxMessagePayloadSize  # type: ignore[has-type]
+        self.maxMessagePayloadSize = 0
+        try:
+            self.sendMessage(data)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    def _check_send_buffer(self) -> None:
+        if self.backed_up and unsent_bytes(self.transport) > self.max_send_buffer:
+            self.too_slow()
+
+    # IPushProducer, registered with the transport when the connection opens: the transport
+    # pauses us once its send buffer is full (64 KiB for TCP), i.e. the client is not keeping
+    # up. Only then is the buffer measured, so a client that reads costs nothing per send.
+
+    def pauseProducing(self) -> None:
+        self.backed_up = True
+
+    def resumeProducing(self) -> None:
+        self.backed_up = False
+
+    def stopProducing(self) -> None:
+        pass
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with any code, 1001-1013 included: sendClose only takes 1000 and 3000-4999."""
+        if self.state == STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
