@@ -14,11 +14,11 @@ from .cluster.metrics import ClusterMetrics
 from .config import Config
 from .core.model import PresenceModel
 from .hub import LocalHub
+from .server.factory import PresenceFactory, ProtocolConfig
 from .server.metrics import Metrics
 from .server.services import ListeningPort, Reaper, ShutdownService, reaper_interval
 from .server.tls import TLSReloadService
 from .server.web import build_site
-from .server.ws import PresenceFactory, ProtocolConfig
 
 log = Logger()
 

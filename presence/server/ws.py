@@ -1,62 +1,29 @@
-"""The Autobahn protocol and factory: parse a frame, call the hub, turn errors into wire
-errors and close codes. Nothing about presence is decided here."""
+"""The Autobahn protocol: parse a message, call the hub, turn errors into wire errors and
+close codes. Nothing about presence is decided here."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txaio._common import _BatchedTimer
 
 from ..core import policy, wire
 from ..core.auth import JwtVerifier, TokenRejected, bearer
 from ..core.model import Connection
-from ..core.origins import OriginPolicy
 from ..core.ratelimit import ALLOWED, EXCEEDED, TokenBucket
-from ..hub import PresenceHub
 from .fastpath import NO_QUEUE, FastPathProtocol
-from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .factory import PresenceFactory
 
 log = Logger()
-
-
-@dataclass(frozen=True)
-class ProtocolConfig:
-    heartbeat_interval: float = 15.0
-    heartbeat_timeout: float = 45.0
-    max_message_size: int = 65536
-    close_handshake_timeout: float = 3.0
-    open_handshake_timeout: float = 5.0
-    allowed_origins: tuple[str, ...] = ("*",)
-    compression: bool = False
-    # None means --auth none (the userId is taken as given).
-    verifier: JwtVerifier | None = None
-    token_grace: float = 30.0
-    rate_messages: int = 20
-    rate_seconds: float = 10.0
-    max_connections: int = 0  # 0: no cap of our own
-    max_send_buffer: int = 4 * 1024 * 1024
-
-
-def _accept_deflate(max_message_size: int) -> Callable[[list[Any]], Any]:
-    """--compression: accept permessage-deflate, inflated size bounded by the message cap."""
-
-    def accept(offers: list[Any]) -> Any:
-        for offer in offers:
-            if isinstance(offer, PerMessageDeflateOffer):
-                return PerMessageDeflateOfferAccept(offer, max_message_size=max_message_size)
-        return None
-
-    return accept
 
 
 def _close_code(proto: WebSocketServerProtocol) -> int | None:
@@ -372,62 +339,3 @@ class PresenceProtocol(FastPathProtocol):
 
     def prepare(self, payload: bytes) -> Any:
         return self.factory.prepareMessage(payload)
-
-
-class PresenceFactory(WebSocketServerFactory):
-    protocol = PresenceProtocol  # type: ignore[assignment]
-
-    def __init__(
-        self, hub: PresenceHub, metrics: Metrics, config: ProtocolConfig, clock: IReactorTime
-    ) -> None:
-        super().__init__(reactor=clock)
-        # Autobahn's handshake and close timers otherwise run on txaio's global reactor.
-        self._batched_timer = _BatchedTimer(
-            200.0, 1000, seconds_provider=clock.seconds, delayed_call_creator=clock.callLater
-        )
-        self.hub = hub
-        self.metrics = metrics
-        self.config = config
-        self.clock = clock
-        self.origins = OriginPolicy(config.allowed_origins)
-        # Autobahn's defaults are open; every option is set here on purpose.
-        self.setProtocolOptions(
-            versions=[13],
-            webStatus=False,
-            utf8validateIncoming=True,
-            maskServerFrames=False,
-            requireMaskedClientFrames=True,
-            applyMask=True,
-            maxFramePayloadSize=config.max_message_size,
-            maxMessagePayloadSize=config.max_message_size,
-            autoFragmentSize=0,
-            failByDrop=False,
-            echoCloseCodeReason=False,
-            openHandshakeTimeout=config.open_handshake_timeout,
-            closeHandshakeTimeout=config.close_handshake_timeout,
-            tcpNoDelay=True,
-            perMessageCompressionAccept=(
-                _accept_deflate(config.max_message_size) if config.compression else lambda o: None
-            ),
-            autoPingInterval=0,
-            autoPingTimeout=0,
-            serveFlashSocketPolicy=False,
-            # Origins are decided in onConnect (a 403; Autobahn's own check answers 400).
-            allowedOrigins=["*"],
-            allowNullOrigin=True,
-            maxConnections=0,
-            trustXForwardedFor=0,
-        )
-        # What every connection reads on the hot path, once on a class of this factory's.
-        self.protocol = type(  # type: ignore[assignment]
-            "PresenceProtocol",
-            (PresenceProtocol,),
-            {
-                "max_message_size": config.max_message_size,
-                "max_send_buffer": config.max_send_buffer,
-            },
-        )
-
-    def at_capacity(self) -> bool:
-        """--max-connections: this process holds as many WebSockets as it may."""
-        return policy.at_capacity(self.hub.figures.connection_count, self.config.max_connections)
