@@ -80,172 +80,176 @@ def default_max_connections() -> int:
     return max(1, soft - FD_RESERVE)
 
 
+# name, short, default, help, coerce: each value is checked once, as it is parsed.
+PARAMETERS: list[Sequence[Any]] = [
+    [
+        "heartbeat-interval",
+        None,
+        DEFAULTS.heartbeat_interval,
+        "Seconds between heartbeats the server advises clients to send.",
+        number(float, 0.1, "--heartbeat-interval"),
+    ],
+    [
+        "heartbeat-timeout",
+        None,
+        DEFAULTS.heartbeat_timeout,
+        "Seconds without an inbound frame before a connection is closed (4408).",
+        number(float, 0.1, "--heartbeat-timeout"),
+    ],
+    [
+        "max-message-size",
+        None,
+        DEFAULTS.max_message_size,
+        "Largest message in bytes; a larger one closes the connection (1009).",
+        number(int, 256, "--max-message-size"),
+    ],
+    [
+        "offline-grace",
+        None,
+        DEFAULTS.offline_grace,
+        "Seconds a user stays present after an abrupt disconnect (0 disables).",
+        number(float, 0, "--offline-grace"),
+    ],
+    [
+        "max-subscriptions",
+        None,
+        DEFAULTS.max_subscriptions,
+        "Users one connection may watch.",
+        number(int, 1, "--max-subscriptions"),
+    ],
+    # -- security ---------------------------------------------------------------------
+    [
+        "auth",
+        None,
+        DEFAULTS.auth,
+        "none (development: the userId is taken as given) or jwt (a token whose sub "
+        "is the userId, as ?token= or Authorization: Bearer).",
+        choice("--auth", "none", "jwt"),
+    ],
+    [
+        "jwt-secret-file",
+        None,
+        None,
+        "With --auth jwt: a file holding the HS256 secret (at least 32 bytes)",
+        readable_file("--jwt-secret-file"),
+    ],
+    [
+        "jwt-public-key-file",
+        None,
+        None,
+        "With --auth jwt: a PEM public key; RSA means RS256, EC P-256 means ES256",
+        readable_file("--jwt-public-key-file"),
+    ],
+    [
+        "jwt-leeway",
+        None,
+        DEFAULTS.jwt_leeway,
+        "Seconds of clock skew allowed for a token's nbf and iat.",
+        number(float, 0, "--jwt-leeway"),
+    ],
+    [
+        "jwt-audience",
+        None,
+        None,
+        "With --auth jwt: the aud a token must carry (default: aud not checked)",
+        coerced("--jwt-audience", nonempty, "A string."),
+    ],
+    [
+        "jwt-issuer",
+        None,
+        None,
+        "With --auth jwt: the iss a token must carry (default: iss not checked)",
+        coerced("--jwt-issuer", nonempty, "A string."),
+    ],
+    [
+        "token-grace",
+        None,
+        DEFAULTS.token_grace,
+        "Seconds after a token's exp within which REFRESH_TOKEN must bring a new one "
+        "(else close 1008 'token expired').",
+        number(float, 0, "--token-grace"),
+    ],
+    [
+        "api-token-file",
+        None,
+        None,
+        "A file holding the Bearer token GET /presence requires. With --auth jwt "
+        "/presence always needs it (no file: 401 for everyone); with --auth none it is "
+        "open unless this is given",
+        readable_file("--api-token-file"),
+    ],
+    [
+        "metrics-token-file",
+        None,
+        None,
+        "A file holding a Bearer token GET /metrics requires (default: /metrics open)",
+        readable_file("--metrics-token-file"),
+    ],
+    [
+        "allowed-origins",
+        None,
+        None,
+        "Comma-separated Origin patterns a browser page may connect from "
+        "(https://app.example.com, https://*.example.com:8443, null, *); others get 403. "
+        "Default * with --auth none; must be given with --auth jwt",
+        coerced("--allowed-origins", parse_origins, "Origin patterns."),
+    ],
+    [
+        "rate-limit",
+        None,
+        "20/10",
+        "MSGS/SECONDS per connection: more gets ERROR RATE_LIMITED (dropped); past 3x "
+        "the connection is closed (1008).",
+        coerced("--rate-limit", parse_rate, "MSGS/SECONDS."),
+    ],
+    [
+        "max-connections",
+        None,
+        None,
+        "WebSocket connections this process accepts; more get HTTP 503 (0: no cap). "
+        "[default: the open-file limit less 64]",
+        number(int, 0, "--max-connections"),
+    ],
+    [
+        "max-connections-per-user",
+        None,
+        DEFAULTS.max_connections_per_user,
+        "Open connections per userId; one more is closed 1013 (0: no cap).",
+        number(int, 0, "--max-connections-per-user"),
+    ],
+    [
+        "handshake-timeout",
+        None,
+        DEFAULTS.handshake_timeout,
+        "Seconds (absolute) for a connection to deliver a complete HTTP request / "
+        "opening handshake; slower ones are dropped.",
+        number(float, 0.1, "--handshake-timeout"),
+    ],
+    [
+        "max-header-bytes",
+        None,
+        DEFAULTS.max_header_bytes,
+        "Largest request line plus headers; more gets 400 and the connection closes.",
+        number(int, 1024, "--max-header-bytes"),
+    ],
+    [
+        "max-send-buffer",
+        None,
+        DEFAULTS.max_send_buffer,
+        "Bytes queued for a client that does not read before it is disconnected (1008).",
+        number(int, 65536, "--max-send-buffer"),
+    ],
+    *CLUSTER_OPTIONS,
+]
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A WebSocket presence daemon: ws://HOST:PORT/?userId=ID, GET /health, GET /metrics, "
         "GET /presence/{userId} on every --port."
     )
-    optParameters: list[Sequence[Any]] = [
-        [
-            "heartbeat-interval",
-            None,
-            DEFAULTS.heartbeat_interval,
-            "Seconds between heartbeats the server advises clients to send.",
-            number(float, 0.1, "--heartbeat-interval"),
-        ],
-        [
-            "heartbeat-timeout",
-            None,
-            DEFAULTS.heartbeat_timeout,
-            "Seconds without an inbound frame before a connection is closed (4408).",
-            number(float, 0.1, "--heartbeat-timeout"),
-        ],
-        [
-            "max-message-size",
-            None,
-            DEFAULTS.max_message_size,
-            "Largest message in bytes; a larger one closes the connection (1009).",
-            number(int, 256, "--max-message-size"),
-        ],
-        [
-            "offline-grace",
-            None,
-            DEFAULTS.offline_grace,
-            "Seconds a user stays present after an abrupt disconnect (0 disables).",
-            number(float, 0, "--offline-grace"),
-        ],
-        [
-            "max-subscriptions",
-            None,
-            DEFAULTS.max_subscriptions,
-            "Users one connection may watch.",
-            number(int, 1, "--max-subscriptions"),
-        ],
-        # -- security ---------------------------------------------------------------------
-        [
-            "auth",
-            None,
-            DEFAULTS.auth,
-            "none (development: the userId is taken as given) or jwt (a token whose sub "
-            "is the userId, as ?token= or Authorization: Bearer).",
-            choice("--auth", "none", "jwt"),
-        ],
-        [
-            "jwt-secret-file",
-            None,
-            None,
-            "With --auth jwt: a file holding the HS256 secret (at least 32 bytes)",
-            readable_file("--jwt-secret-file"),
-        ],
-        [
-            "jwt-public-key-file",
-            None,
-            None,
-            "With --auth jwt: a PEM public key; RSA means RS256, EC P-256 means ES256",
-            readable_file("--jwt-public-key-file"),
-        ],
-        [
-            "jwt-leeway",
-            None,
-            DEFAULTS.jwt_leeway,
-            "Seconds of clock skew allowed for a token's nbf and iat.",
-            number(float, 0, "--jwt-leeway"),
-        ],
-        [
-            "jwt-audience",
-            None,
-            None,
-            "With --auth jwt: the aud a token must carry (default: aud not checked)",
-            coerced("--jwt-audience", nonempty, "A string."),
-        ],
-        [
-            "jwt-issuer",
-            None,
-            None,
-            "With --auth jwt: the iss a token must carry (default: iss not checked)",
-            coerced("--jwt-issuer", nonempty, "A string."),
-        ],
-        [
-            "token-grace",
-            None,
-            DEFAULTS.token_grace,
-            "Seconds after a token's exp within which REFRESH_TOKEN must bring a new one "
-            "(else close 1008 'token expired').",
-            number(float, 0, "--token-grace"),
-        ],
-        [
-            "api-token-file",
-            None,
-            None,
-            "A file holding the Bearer token GET /presence requires. With --auth jwt "
-            "/presence always needs it (no file: 401 for everyone); with --auth none it is "
-            "open unless this is given",
-            readable_file("--api-token-file"),
-        ],
-        [
-            "metrics-token-file",
-            None,
-            None,
-            "A file holding a Bearer token GET /metrics requires (default: /metrics open)",
-            readable_file("--metrics-token-file"),
-        ],
-        [
-            "allowed-origins",
-            None,
-            None,
-            "Comma-separated Origin patterns a browser page may connect from "
-            "(https://app.example.com, https://*.example.com:8443, null, *); others get 403. "
-            "Default * with --auth none; must be given with --auth jwt",
-            coerced("--allowed-origins", parse_origins, "Origin patterns."),
-        ],
-        [
-            "rate-limit",
-            None,
-            "20/10",
-            "MSGS/SECONDS per connection: more gets ERROR RATE_LIMITED (dropped); past 3x "
-            "the connection is closed (1008).",
-            coerced("--rate-limit", parse_rate, "MSGS/SECONDS."),
-        ],
-        [
-            "max-connections",
-            None,
-            None,
-            "WebSocket connections this process accepts; more get HTTP 503 (0: no cap). "
-            "[default: the open-file limit less 64]",
-            number(int, 0, "--max-connections"),
-        ],
-        [
-            "max-connections-per-user",
-            None,
-            DEFAULTS.max_connections_per_user,
-            "Open connections per userId; one more is closed 1013 (0: no cap).",
-            number(int, 0, "--max-connections-per-user"),
-        ],
-        [
-            "handshake-timeout",
-            None,
-            DEFAULTS.handshake_timeout,
-            "Seconds (absolute) for a connection to deliver a complete HTTP request / "
-            "opening handshake; slower ones are dropped.",
-            number(float, 0.1, "--handshake-timeout"),
-        ],
-        [
-            "max-header-bytes",
-            None,
-            DEFAULTS.max_header_bytes,
-            "Largest request line plus headers; more gets 400 and the connection closes.",
-            number(int, 1024, "--max-header-bytes"),
-        ],
-        [
-            "max-send-buffer",
-            None,
-            DEFAULTS.max_send_buffer,
-            "Bytes queued for a client that does not read before it is disconnected (1008).",
-            number(int, 65536, "--max-send-buffer"),
-        ],
-        *CLUSTER_OPTIONS,
-    ]
+    optParameters = PARAMETERS
     optFlags: list[Sequence[Any]] = [
         [
             "compression",

@@ -9,16 +9,13 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..core import policy, wire
-from ..core.auth import JwtVerifier, TokenRejected, bearer
 from ..core.model import Connection
 from ..core.ratelimit import ALLOWED, EXCEEDED, TokenBucket
-from .fastpath import NO_QUEUE, FastPathProtocol
+from .admission import AdmittingProtocol
 
 if TYPE_CHECKING:
     from .factory import PresenceFactory
@@ -35,63 +32,16 @@ def _close_reason(proto: WebSocketServerProtocol) -> str | None:
     return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
 
 
-class PresenceProtocol(FastPathProtocol):
+class PresenceProtocol(AdmittingProtocol):
     factory: PresenceFactory
 
     conn: Connection | None = None
-    user_id: str | None = None
-    refusal: str | None = None
-    refusal_code: int = wire.CLOSE_PROTOCOL_ERROR
     disconnect_requested = False
     bucket: TokenBucket | None = None
-    token_expires: float | None = None
-    expiry_call: IDelayedCall | None = None
     # Between the handshake and CONNECT (the hub is registering the connection): what the
     # client sends meanwhile waits here, and an end is remembered as (time, clean).
     early: list[tuple[bytes, bool]] | None = None
     ended_early: tuple[float, bool] | None = None
-
-    # -- handshake -------------------------------------------------------------------------
-
-    def onConnect(self, request: Any) -> None:
-        factory = self.factory
-        if not factory.origins.allows(request.origin):
-            factory.metrics.errors["handshake"].inc()
-            log.info("refused connection: origin not allowed")
-            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        if factory.at_capacity():
-            factory.metrics.errors["capacity"].inc()
-            log.info("refused connection: server at its connection limit")
-            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many connections")
-        values = request.params.get("userId")
-        user_id = values[0] if values else ""
-        if not user_id:
-            self.refusal = "missing userId"
-        elif not wire.valid_user_id(user_id):
-            self.refusal = "invalid userId"
-        else:
-            self.user_id = user_id
-            verifier = factory.config.verifier
-            if verifier is not None:
-                self._authenticate(verifier, request, user_id)
-
-    def _authenticate(self, verifier: JwtVerifier, request: Any, user_id: str) -> None:
-        """?token= or Authorization: Bearer; a refusal closes 1008 naming the failed check."""
-        tokens = request.params.get("token")
-        token = tokens[0] if tokens else bearer(request.headers.get("authorization"))
-        try:
-            verified = verifier.verify(token or "", user_id, self.factory.clock.seconds())
-        except TokenRejected as e:
-            log.info(
-                "refused connection for user={user_id!r}: {reason}",
-                user_id=user_id,
-                reason=e.reason,
-            )
-            self.user_id = None
-            self.refusal = e.reason
-            self.refusal_code = wire.CLOSE_POLICY_VIOLATION
-            return
-        self.token_expires = verified.expires
 
     def onOpen(self) -> None:
         self._forget_handshake()
@@ -107,7 +57,7 @@ class PresenceProtocol(FastPathProtocol):
         config = factory.config
         self.bucket = TokenBucket(config.rate_messages, config.rate_seconds, now)
         if self.token_expires is not None:
-            self._arm_expiry(now)
+            self.arm_expiry(now)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.early = []
         d = factory.hub.open(os.urandom(9).hex(), self.user_id, self, now)
@@ -150,27 +100,6 @@ class PresenceProtocol(FastPathProtocol):
         self.factory.metrics.errors["internal"].inc()
         log.failure("error {what}", failure=failure, what=what)
         self.close(wire.CLOSE_INTERNAL_ERROR, "internal server error")
-
-    # Autobahn keeps the whole opening handshake on every protocol and never reads it after
-    # processHandshake; at tens of thousands of connections that is real memory.
-    _HANDSHAKE_ATTRIBUTES = (
-        "http_request_data",
-        "http_response_data",
-        "http_headers",
-        "http_request_params",
-        "http_status_line",
-        "http_request_uri",
-        "http_request_host",
-        "http_request_path",
-        "_wskey",
-    )
-
-    def _forget_handshake(self) -> None:
-        for name in self._HANDSHAKE_ATTRIBUTES:
-            self.__dict__.pop(name, None)
-        # Autobahn's queue for chopped or synchronous sends, which we never make: an empty
-        # deque is 760 bytes a connection. sendData makes a real one if ever needed.
-        self.send_queue = NO_QUEUE
 
     # -- messages --------------------------------------------------------------------------
 
@@ -248,31 +177,7 @@ class PresenceProtocol(FastPathProtocol):
         self.factory.hub.unsubscribe(conn, message.user_ids)
 
     def on_REFRESH_TOKEN(self, conn: Connection, message: wire.RefreshToken, now: float) -> None:
-        """A new token for the same sub moves the deadline; no reply when it is good."""
-        verifier = self.factory.config.verifier
-        if verifier is None:
-            raise wire.WireError("AUTH_DISABLED", "this server does not use tokens")
-        try:
-            verified = verifier.verify(message.token, conn.user_id, now)
-        except TokenRejected as e:
-            self.factory.metrics.errors["auth"].inc()
-            raise wire.WireError("INVALID_TOKEN", e.reason) from None
-        self.token_expires = verified.expires
-        self._arm_expiry(now)
-
-    def _arm_expiry(self, now: float) -> None:
-        """Close 1008 'token expired' --token-grace seconds after the token's exp."""
-        assert self.token_expires is not None
-        if self.expiry_call is not None and self.expiry_call.active():
-            self.expiry_call.cancel()
-        delay = max(0.0, self.token_expires + self.factory.config.token_grace - now)
-        self.expiry_call = self.factory.clock.callLater(delay, self._token_expired)
-
-    def _token_expired(self) -> None:
-        self.expiry_call = None
-        self.factory.metrics.errors["auth"].inc()
-        log.info("closing {connection_id}: token expired", connection_id=self._cid())
-        self.close(wire.CLOSE_POLICY_VIOLATION, "token expired")
+        self.refresh_token(message.token, conn.user_id, now)
 
     def _cid(self) -> str:
         return self.conn.id if self.conn is not None else "-"
@@ -308,10 +213,7 @@ class PresenceProtocol(FastPathProtocol):
     # -- the end -------------------------------------------------------------------------
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self.expiry_call is not None:
-            if self.expiry_call.active():
-                self.expiry_call.cancel()
-            self.expiry_call = None
+        self.forget_token()
         conn, self.conn = self.conn, None
         clean = policy.ends_at_once(
             self.disconnect_requested, bool(self.closedByMe), self.remoteCloseCode
