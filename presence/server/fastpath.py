@@ -13,12 +13,41 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import tcp, unix
 
 from ..core import wire
 from .frames import text_frame, unmask, unsent_bytes
 
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
 NO_QUEUE: Any = ()  # Autobahn's send queue, until a chopped or synchronous send needs one
+# Transports whose socket we may write to directly (TLS has buffering of its own).
+DIRECT: frozenset[Any] = frozenset((tcp.Server, unix.Server))
+
+
+def write(transport: Any, data: bytes) -> None:
+    """``transport.write``, but a send() at once when nothing is queued for that socket.
+
+    Twisted's own write queues the bytes and registers the socket for writability; the
+    send happens on the next reactor turn (two epoll_ctl calls and a callback per write).
+    When nothing is queued, sending now is what the next turn would do, in the same order.
+    Whatever the kernel does not take (or any error) goes to Twisted's buffered write, so
+    buffering, producer pausing and error handling stay exactly as they are."""
+    if (
+        transport.__class__ in DIRECT
+        and not transport._tempDataLen
+        and not transport.dataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or an error Twisted's write path finds and reports itself
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class FastPathProtocol(WebSocketServerProtocol):
@@ -99,12 +128,12 @@ class FastPathProtocol(WebSocketServerProtocol):
                 self.send_queue = deque()
             super().sendData(data, sync, chopsize)
         else:
-            self.transport.write(data)  # type: ignore[union-attr]
+            write(self.transport, data)
 
     def send(self, data: bytes) -> None:
         if self.state == STATE_OPEN:
             if self._perMessageCompress is None:
-                self.transport.write(text_frame(data))  # type: ignore[union-attr]
+                write(self.transport, text_frame(data))
             else:
                 self._send_compressed(data)
             self._check_send_buffer()
@@ -117,7 +146,7 @@ class FastPathProtocol(WebSocketServerProtocol):
             if prepared is None:
                 prepared = message.prepared = self.prepare(message.payload)
             # What sendPreparedMessage does uncompressed, without two calls per watcher.
-            self.transport.write(prepared.payloadHybi)  # type: ignore[union-attr,attr-defined]
+            write(self.transport, prepared.payloadHybi)  # type: ignore[attr-defined]
         else:  # compressed per connection: each has its own deflate context
             self._send_compressed(message.payload)
         self._check_send_buffer()
