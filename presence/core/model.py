@@ -66,6 +66,7 @@ class Connection:
         "metadata",
         "metadata_seq",
         "peer",
+        "rooms",
         "status",
         "user_id",
         "watching",
@@ -80,6 +81,7 @@ class Connection:
         self.metadata_seq = 0  # 0: never set; higher: set more recently
         self.last_active = now
         self.watching: set[str] = set()
+        self.rooms: dict[str, Any] | None = None  # room -> its membership (core.rooms)
 
 
 @dataclass(frozen=True, slots=True)
