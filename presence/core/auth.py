@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.types import Options as JwtOptions
 
+from .grants import ALL, BadGrant, Grants
+
 MIN_SECRET_BYTES: Final = 32
 MIN_RSA_BITS: Final = 2048
 MAX_TOKEN_LENGTH: Final = 8192
@@ -38,6 +40,7 @@ class BadKey(ValueError):
 class Verified:
     user_id: str
     expires: float
+    grants: Grants = ALL  # what the token lets the connection observe
 
 
 def _number(claims: dict[str, Any], name: str) -> float | None:
@@ -103,7 +106,11 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or subject != user_id:
             raise TokenRejected("token sub does not match userId")
-        return Verified(subject, expires)
+        try:
+            grants = Grants.from_claims(claims)
+        except BadGrant as e:
+            raise TokenRejected(str(e)) from None
+        return Verified(subject, expires, grants)
 
     def _decode(self, token: str) -> dict[str, Any]:
         try:

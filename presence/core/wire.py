@@ -69,7 +69,34 @@ class RefreshToken:
     token: str
 
 
-Message = Heartbeat | Disconnect | PresenceUpdate | Subscribe | Unsubscribe | RefreshToken
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    metadata: dict[str, Any] | None  # None: keep what this connection set before
+
+
+@dataclass(frozen=True, slots=True)
+class RoomUpdate:
+    room: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+
+
+Message = (
+    Heartbeat
+    | Disconnect
+    | PresenceUpdate
+    | Subscribe
+    | Unsubscribe
+    | RefreshToken
+    | Join
+    | RoomUpdate
+    | Leave
+)
 
 HEARTBEAT: Final = Heartbeat()
 DISCONNECT: Final = Disconnect()
@@ -115,19 +142,47 @@ def _user_ids(obj: dict[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ids))  # de-duplicated, request order kept
 
 
+def _metadata(payload: dict[str, Any]) -> dict[str, Any] | None:
+    metadata = payload.get("metadata")
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise WireError("INVALID_PAYLOAD", "payload.metadata must be an object")
+    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise WireError("METADATA_TOO_LARGE", "payload.metadata is over 4096 bytes as JSON")
+    return metadata
+
+
 def _presence_update(obj: dict[str, Any]) -> PresenceUpdate:
     payload = _payload(obj)
     status = payload.get("status")
     if not isinstance(status, str) or status not in STATUSES:
         raise WireError("INVALID_STATUS", "payload.status must be one of online, away, busy")
-    metadata = payload.get("metadata")
+    return PresenceUpdate(status, _metadata(payload))
+
+
+valid_room = valid_user_id  # the same rule: 1 to 128 characters, no whitespace or controls
+
+
+def _room(payload: dict[str, Any]) -> str:
+    room = payload.get("room")
+    if not isinstance(room, str) or not valid_room(room):
+        raise WireError("INVALID_ROOM", "payload.room must be 1 to 128 characters, no spaces")
+    return room
+
+
+def _join(obj: dict[str, Any]) -> Join:
+    payload = _payload(obj)
+    return Join(_room(payload), _metadata(payload))
+
+
+def _room_update(obj: dict[str, Any]) -> RoomUpdate:
+    payload = _payload(obj)
+    room = _room(payload)
+    metadata = _metadata(payload)
     if metadata is None:
-        return PresenceUpdate(status, None)
-    if not isinstance(metadata, dict):
         raise WireError("INVALID_PAYLOAD", "payload.metadata must be an object")
-    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
-        raise WireError("METADATA_TOO_LARGE", "payload.metadata is over 4096 bytes as JSON")
-    return PresenceUpdate(status, metadata)
+    return RoomUpdate(room, metadata)
 
 
 def _refresh_token(obj: dict[str, Any]) -> RefreshToken:
@@ -161,6 +216,12 @@ def parse(data: bytes) -> Message:
         return Unsubscribe(_user_ids(obj))
     if kind == "REFRESH_TOKEN":
         return _refresh_token(obj)
+    if kind == "JOIN":
+        return _join(obj)
+    if kind == "ROOM_UPDATE":
+        return _room_update(obj)
+    if kind == "LEAVE":
+        return Leave(_room(_payload(obj)))
     if not isinstance(kind, str):
         raise WireError("INVALID_MESSAGE", "message must have a string type")
     raise WireError("UNKNOWN_TYPE", "unknown message type")
@@ -223,3 +284,7 @@ def user_object(
         "lastSeen": None if last_seen is None else iso(last_seen),
         "connections": connections,
     }
+
+
+def member_object(status: str, metadata: Mapping[str, Any], connections: int) -> dict[str, Any]:
+    return {"status": status, "metadata": metadata, "connections": connections}
