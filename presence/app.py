@@ -13,6 +13,7 @@ from .cluster.hub import ClusterHub
 from .cluster.metrics import ClusterMetrics
 from .config import Config
 from .core.model import PresenceModel
+from .core.rooms import Rooms
 from .hub import LocalHub
 from .server.factory import PresenceFactory, ProtocolConfig
 from .server.metrics import Metrics
@@ -44,9 +45,11 @@ class Daemon(MultiService):
             # On stop it removes this node's connections from Redis, after the clients left.
             self.hub.setServiceParent(self)
         else:
-            self.hub = LocalHub(self.model, config.max_connections_per_user)
+            self.hub = LocalHub(
+                self.model, config.max_connections_per_user, rooms(config, self.model)
+            )
         hub = self.hub
-        self.metrics.watch(hub.figures, lambda: hub.diffs_sent, hub.users_present)
+        self.metrics.watch(hub.figures, lambda: hub.diffs_sent, hub.users_present, hub.room_figures)
         self.factory = PresenceFactory(hub, self.metrics, protocol_config(config), reactor)
         self.site = build_site(
             self.factory,
@@ -61,9 +64,9 @@ class Daemon(MultiService):
             max_header_bytes=config.max_header_bytes,
         )
         ShutdownService(hub, reactor).setServiceParent(self)
-        self.reaper = Reaper(
-            hub, config.heartbeat_timeout, reactor, reaper_interval(config.heartbeat_timeout)
-        )
+        # The reaper's tick also sends the batched room diffs that are due.
+        interval = min(reaper_interval(config.heartbeat_timeout), config.room_batch_interval)
+        self.reaper = Reaper(hub, config.heartbeat_timeout, reactor, interval)
         self.reaper.setServiceParent(self)
         tls = []
         for listen in config.ports:
@@ -75,6 +78,18 @@ class Daemon(MultiService):
                 tls.append(listen.tls)
             ListeningPort(listen.description, endpoint, self.site).setServiceParent(self)
         TLSReloadService(tls, reactor).setServiceParent(self)
+
+
+def rooms(config: Config, model: PresenceModel) -> Rooms:
+    return Rooms(
+        lambda user_id: model.view(user_id).status,
+        offline_grace=config.offline_grace,
+        max_rooms_per_connection=config.max_rooms_per_connection,
+        max_room_members=config.max_room_members,
+        batch_threshold=config.room_batch_threshold,
+        batch_interval=config.room_batch_interval,
+        list_limit=config.room_list_limit,
+    )
 
 
 def protocol_config(config: Config) -> ProtocolConfig:

@@ -44,6 +44,11 @@ class Config:
     max_header_bytes: int = 16384
     max_send_buffer: int = 4 * 1024 * 1024
     compression: bool = False
+    max_rooms_per_connection: int = 100
+    max_room_members: int = 0  # 0: no cap
+    room_batch_threshold: int = 100
+    room_batch_interval: float = 1.0
+    room_list_limit: int = 1000
     cluster: ClusterConfig | None = None  # --redis
 
     @property

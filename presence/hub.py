@@ -24,6 +24,7 @@ from .core.model import (
     TooManySubscriptions,
     UserView,
 )
+from .core.rooms import Member, RoomDiff, RoomRefused, Rooms, RoomState
 
 
 class Figures(Protocol):
@@ -81,8 +82,50 @@ class PresenceHub(Protocol):
     def health_problem(self) -> str | None:
         """Why this node is degraded, or None."""
 
+    def join(
+        self, conn: Connection, room: str, metadata: Mapping[str, Any] | None, now: float
+    ) -> None:
+        """Raises ``wire.WireError`` (nothing joined); sends ROOM_STATE itself."""
+
+    def room_update(
+        self, conn: Connection, room: str, metadata: Mapping[str, Any], now: float
+    ) -> None: ...
+
+    def leave(self, conn: Connection, room: str, now: float) -> None: ...
+
+    def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
+        """A page of the room's members in userId order, from just after ``after``."""
+
     @property
     def figures(self) -> Figures: ...
+
+    @property
+    def room_figures(self) -> RoomFigures: ...
+
+
+class RoomFigures(Protocol):
+    @property
+    def room_count(self) -> int: ...
+
+    @property
+    def membership_count(self) -> int: ...
+
+    @property
+    def diffs_sent(self) -> int: ...
+
+
+class RoomPage:
+    __slots__ = ("count", "members", "next")
+
+    def __init__(self, members: dict[str, Member], count: int, next: str | None) -> None:
+        self.members, self.count, self.next = members, count, next
+
+
+def page_of(members: Mapping[str, Member], limit: int, after: str | None) -> RoomPage:
+    ids = sorted(u for u in members if after is None or u > after)
+    page = ids[:limit]
+    more = len(ids) > limit
+    return RoomPage({u: members[u] for u in page}, len(members), page[-1] if more else None)
 
 
 def user_json(view: UserView) -> dict[str, Any]:
@@ -110,6 +153,48 @@ def state_message(views: Mapping[str, UserView], now: float) -> bytes:
     )
 
 
+def member_json(member: Member) -> dict[str, Any]:
+    return wire.member_object(member.status, member.metadata, member.connections)
+
+
+def room_state_message(state: RoomState, now: float) -> bytes:
+    return wire.encode(
+        {
+            "type": "ROOM_STATE",
+            "room": state.room,
+            "members": {u: member_json(m) for u, m in state.members.items()},
+            "count": state.count,
+            "complete": state.complete,
+            "timestamp": wire.iso(now),
+        }
+    )
+
+
+def room_diff_message(diff: RoomDiff, now: float) -> bytes:
+    return wire.encode(
+        {
+            "type": "ROOM_DIFF",
+            "room": diff.room,
+            "joins": {u: member_json(m) for u, m in diff.joins.items()},
+            "leaves": {u: {"lastSeen": wire.iso(at)} for u, at in diff.leaves.items()},
+            "updates": {u: member_json(m) for u, m in diff.updates.items()},
+            "count": diff.count,
+            "timestamp": wire.iso(now),
+        }
+    )
+
+
+def deliver_rooms(diffs: list[RoomDiff], now: float) -> None:
+    for diff in diffs:
+        message = wire.Shared(room_diff_message(diff, now))
+        for peer in diff.recipients:
+            peer.send_shared(message)
+
+
+def refused(e: RoomRefused) -> wire.WireError:
+    return wire.WireError(e.code, e.message)
+
+
 def subscribe_model(
     model: PresenceModel, conn: Connection, ids: Iterable[str]
 ) -> dict[str, UserView]:
@@ -122,14 +207,26 @@ def subscribe_model(
 class LocalHub:
     """The single-node hub: the model holds everything, in memory."""
 
-    def __init__(self, model: PresenceModel, max_connections_per_user: int = 0) -> None:
+    def __init__(
+        self,
+        model: PresenceModel,
+        max_connections_per_user: int = 0,
+        rooms: Rooms | None = None,
+    ) -> None:
         self._model = model
         self.max_connections_per_user = max_connections_per_user
+        self._rooms = rooms or Rooms(
+            lambda user_id: model.view(user_id).status, model.offline_grace
+        )
         self.diffs_sent = 0
 
     @property
     def figures(self) -> Figures:
         return self._model
+
+    @property
+    def room_figures(self) -> RoomFigures:
+        return self._rooms
 
     def open(
         self, connection_id: str, user_id: str, peer: Peer, now: float
@@ -147,7 +244,34 @@ class LocalHub:
         self.deliver(self._model.update(conn, status, metadata, now), now)
 
     def close(self, conn: Connection, now: float, clean: bool) -> None:
+        rooms = self._rooms.closed(conn, now, clean)
         self.deliver(self._model.close(conn, now, clean), now)
+        deliver_rooms(rooms, now)
+
+    def join(
+        self, conn: Connection, room: str, metadata: Mapping[str, Any] | None, now: float
+    ) -> None:
+        try:
+            state, diffs = self._rooms.join(conn, room, metadata, now)
+        except RoomRefused as e:
+            raise refused(e) from None
+        conn.peer.send(room_state_message(state, now))
+        deliver_rooms(diffs, now)
+
+    def room_update(
+        self, conn: Connection, room: str, metadata: Mapping[str, Any], now: float
+    ) -> None:
+        try:
+            diffs = self._rooms.update(conn, room, metadata, now)
+        except RoomRefused as e:
+            raise refused(e) from None
+        deliver_rooms(diffs, now)
+
+    def leave(self, conn: Connection, room: str, now: float) -> None:
+        deliver_rooms(self._rooms.leave(conn, room, now), now)
+
+    def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
+        return defer.succeed(page_of(self._rooms.members(room), limit, after))
 
     def subscribe(self, conn: Connection, user_ids: Iterable[str], now: float) -> None:
         views = subscribe_model(self._model, conn, user_ids)
@@ -157,6 +281,7 @@ class LocalHub:
         self._model.unsubscribe(conn, user_ids)
 
     def tick(self, now: float) -> None:
+        deliver_rooms(self._rooms.expire(now), now)
         self.deliver(self._model.expire(now), now)
 
     def lookup(self, user_ids: Iterable[str]) -> defer.Deferred[dict[str, UserView]]:
@@ -176,6 +301,7 @@ class LocalHub:
 
     def deliver(self, changes: list[Change], now: float) -> None:
         for change in changes:
+            deliver_rooms(self._rooms.user_changed(change.user_id, now), now)
             if not change.watchers:
                 continue
             message = wire.Shared(diff_message(change.user_id, change.view, now))

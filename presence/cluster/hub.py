@@ -81,6 +81,13 @@ class _StateRequest:
     done: bool = False
 
 
+class _NoRooms:
+    room_count = membership_count = diffs_sent = 0
+
+
+_NO_ROOMS = _NoRooms()
+
+
 class ClusterHub(Service):
     def __init__(
         self,
@@ -286,6 +293,24 @@ class ClusterHub(Service):
         d: defer.Deferred[int] = defer.Deferred()
         waiting.append(d)
         return d
+
+    # -- rooms: not across the cluster yet -------------------------------------------------
+
+    @property
+    def room_figures(self) -> Any:
+        return _NO_ROOMS
+
+    def join(self, conn: Connection, room: str, metadata: Any, now: float) -> None:
+        raise wire.WireError("UNAVAILABLE", "rooms are not served with --redis yet")
+
+    def room_update(self, conn: Connection, room: str, metadata: Any, now: float) -> None:
+        raise wire.WireError("UNAVAILABLE", "rooms are not served with --redis yet")
+
+    def leave(self, conn: Connection, room: str, now: float) -> None:
+        pass
+
+    def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[Any]:
+        return defer.fail(RedisUnavailable("rooms are not served with --redis yet"))
 
     def health_problem(self) -> str | None:
         if self.link.problem:

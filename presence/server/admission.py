@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from ..core import wire
 from ..core.auth import JwtVerifier, TokenRejected, bearer
+from ..core.grants import ALL, Grants
 from .fastpath import NO_QUEUE, FastPathProtocol
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class AdmittingProtocol(FastPathProtocol):
     refusal_code: int = wire.CLOSE_PROTOCOL_ERROR
     token_expires: float | None = None
     expiry_call: IDelayedCall | None = None
+    grants: Grants = ALL  # what the token lets this connection observe (all without tokens)
 
     def _cid(self) -> str:
         raise NotImplementedError
@@ -70,6 +72,7 @@ class AdmittingProtocol(FastPathProtocol):
             self.refusal_code = wire.CLOSE_POLICY_VIOLATION
             return
         self.token_expires = verified.expires
+        self.grants = verified.grants
 
     # Autobahn keeps the whole opening handshake on every protocol and never reads it after
     # processHandshake; at tens of thousands of connections that is real memory.
@@ -94,8 +97,9 @@ class AdmittingProtocol(FastPathProtocol):
 
     # -- the token's lifetime --------------------------------------------------------------
 
-    def refresh_token(self, token: str, user_id: str, now: float) -> None:
-        """A new token for the same sub moves the deadline; no reply when it is good."""
+    def refresh_token(self, token: str, user_id: str, now: float) -> Grants:
+        """A new token for the same sub moves the deadline (no reply when it is good);
+        returns its grants, which apply from now on."""
         verifier = self.factory.config.verifier
         if verifier is None:
             raise wire.WireError("AUTH_DISABLED", "this server does not use tokens")
@@ -105,7 +109,9 @@ class AdmittingProtocol(FastPathProtocol):
             self.factory.metrics.errors["auth"].inc()
             raise wire.WireError("INVALID_TOKEN", e.reason) from None
         self.token_expires = verified.expires
+        self.grants = verified.grants
         self.arm_expiry(now)
+        return verified.grants
 
     def arm_expiry(self, now: float) -> None:
         """Close 1008 'token expired' --token-grace seconds after the token's exp."""

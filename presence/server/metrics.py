@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from ..core.model import TRANSITION_TARGETS
-from ..hub import Figures
+from ..hub import Figures, RoomFigures
 
 MESSAGE_TYPES: Final = (
     "HEARTBEAT",
@@ -32,6 +32,9 @@ MESSAGE_TYPES: Final = (
     "SUBSCRIBE",
     "UNSUBSCRIBE",
     "REFRESH_TOKEN",
+    "JOIN",
+    "ROOM_UPDATE",
+    "LEAVE",
     "INVALID",
 )
 ERROR_REASONS: Final = (
@@ -71,8 +74,10 @@ class _PresenceCollector(Collector):
         figures: Figures,
         diffs_sent: Callable[[], int],
         users_present: Callable[[], int],
+        rooms: RoomFigures,
     ) -> None:
         self._figures = figures
+        self._rooms = rooms
         self._diffs_sent = diffs_sent
         self._users_present = users_present
 
@@ -101,6 +106,18 @@ class _PresenceCollector(Collector):
             "presence_offline_suppressed",
             "Offline diffs not sent because the user came back within the grace.",
             value=model.stats.offline_suppressed,
+        )
+        rooms = self._rooms
+        yield GaugeMetricFamily(
+            "presence_rooms_current", "Rooms with at least one member.", value=rooms.room_count
+        )
+        yield GaugeMetricFamily(
+            "presence_room_members_current",
+            "Distinct (user, room) memberships.",
+            value=rooms.membership_count,
+        )
+        yield CounterMetricFamily(
+            "presence_room_diffs_sent", "ROOM_DIFF messages sent.", value=rooms.diffs_sent
         )
 
     def describe(self) -> Iterator[Metric]:
@@ -196,9 +213,10 @@ class Metrics:
         figures: Figures,
         diffs_sent: Callable[[], int],
         users_present: Callable[[], int],
+        rooms: RoomFigures,
     ) -> None:
         """Read this node's figures at scrape time; ``users_present`` is the hub's
         (cluster-wide with --redis)."""
         self.clients = lambda: figures.connected_user_count
         self.connections = lambda: figures.connection_count
-        self.registry.register(_PresenceCollector(figures, diffs_sent, users_present))
+        self.registry.register(_PresenceCollector(figures, diffs_sent, users_present, rooms))

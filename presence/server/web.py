@@ -3,6 +3,7 @@ read-only /presence query API. Errors are JSON bodies."""
 
 from __future__ import annotations
 
+import base64
 import hmac
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ from twisted.web.server import Request
 from ..core import wire
 from ..core.auth import bearer
 from ..core.model import UserView
-from ..hub import PresenceHub, user_json
+from ..hub import PresenceHub, RoomPage, member_json, user_json
 from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, HandshakeChannel
 from .metrics import Metrics
 
@@ -143,6 +144,79 @@ class PresenceQuery(Resource):
         return server.NOT_DONE_YET
 
 
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+def _cursor(raw: bytes) -> str | None:
+    """A cursor is the last userId of the page before, base64url (opaque to clients)."""
+    try:
+        user_id = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return user_id if wire.valid_user_id(user_id) else None
+
+
+def _query_int(request: Request, name: bytes, default: int, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw[0])
+    except ValueError:
+        return None
+    return value if low <= value <= high and len(raw) == 1 else None
+
+
+class RoomQuery(Resource):
+    """GET /rooms/{room}?limit=&cursor=: the room's members, paged in userId order."""
+
+    isLeaf = True
+
+    def __init__(self, hub: PresenceHub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def render_GET(self, request: Request) -> Any:
+        raw_room = b"/".join(request.postpath or ())  # a room name may hold "/" (or %2F)
+        if not raw_room:
+            return json_error(request, 404, "NOT_FOUND", "no such resource")
+        try:
+            room = raw_room.decode("utf-8")
+        except UnicodeDecodeError:
+            room = ""
+        if not wire.valid_room(room):
+            return json_error(request, 400, "INVALID_ROOM", "invalid room name")
+        limit = _query_int(request, b"limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        if limit is None:
+            return json_error(request, 400, "INVALID_LIMIT", f"limit must be 1 to {MAX_PAGE}")
+        after = None
+        raw = request.args.get(b"cursor")
+        if raw:
+            after = _cursor(raw[0]) if len(raw) == 1 else None
+            if after is None:
+                return json_error(request, 400, "INVALID_CURSOR", "invalid cursor")
+
+        def answer(page: RoomPage) -> None:
+            body = {
+                "room": room,
+                "count": page.count,
+                "members": {u: member_json(m) for u, m in page.members.items()},
+                "next": None
+                if page.next is None
+                else base64.urlsafe_b64encode(page.next.encode()).rstrip(b"=").decode(),
+            }
+            request.write(json_response(request, 200, body))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            request.write(json_error(request, 503, "UNAVAILABLE", "presence store unavailable"))
+            request.finish()
+
+        self.hub.room_page(room, limit, after).addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
+
+
 class WebSocketEntry(Resource):
     """ "/" upgrades to a WebSocket; a plain GET is told to upgrade."""
 
@@ -249,8 +323,10 @@ def build_site(
     """``require_api_token`` (auth on, or an api token given): /presence needs ``api_token``
     as a Bearer token (no token: always 401). ``metrics_token``: /metrics needs it too."""
     presence: IResource = PresenceQuery(hub)
+    rooms: IResource = RoomQuery(hub)
     if require_api_token or api_token is not None:
         presence = BearerGuard(presence, api_token)
+        rooms = BearerGuard(rooms, api_token)
     metrics_page: IResource = MetricsPage(metrics)
     if metrics_token is not None:
         metrics_page = BearerGuard(metrics_page, metrics_token)
@@ -260,6 +336,7 @@ def build_site(
             b"health": Health(clock, started, hub.health_problem),
             b"metrics": metrics_page,
             b"presence": presence,
+            b"rooms": rooms,
         }
     )
     site = QuietSite(root, reactor=clock)

@@ -32,6 +32,12 @@ def _close_reason(proto: WebSocketServerProtocol) -> str | None:
     return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
 
 
+def _names(names: list[str], most: int = 10) -> str:
+    """A readable list for an ERROR message, escaped, and bounded however many there are."""
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 class PresenceProtocol(AdmittingProtocol):
     factory: PresenceFactory
 
@@ -171,13 +177,38 @@ class PresenceProtocol(AdmittingProtocol):
         self.close(wire.CLOSE_NORMAL, "disconnect")
 
     def on_SUBSCRIBE(self, conn: Connection, message: wire.Subscribe, now: float) -> None:
+        refused = self.grants.unwatchable(conn.user_id, message.user_ids)
+        if refused:
+            raise wire.WireError("FORBIDDEN", f"not granted: {_names(refused)}")
         self.factory.hub.subscribe(conn, message.user_ids, now)
 
     def on_UNSUBSCRIBE(self, conn: Connection, message: wire.Unsubscribe, now: float) -> None:
         self.factory.hub.unsubscribe(conn, message.user_ids)
 
     def on_REFRESH_TOKEN(self, conn: Connection, message: wire.RefreshToken, now: float) -> None:
-        self.refresh_token(message.token, conn.user_id, now)
+        """Narrower grants end, at once, what they no longer grant (one ERROR names it)."""
+        grants = self.refresh_token(message.token, conn.user_id, now)
+        hub = self.factory.hub
+        users = grants.unwatchable(conn.user_id, sorted(conn.watching))
+        rooms = grants.rooms.refused(sorted(conn.rooms or ()))
+        if users:
+            hub.unsubscribe(conn, users)
+        for room in rooms:
+            hub.leave(conn, room, now)
+        if users or rooms:
+            ended = [f"user {u}" for u in users] + [f"room {r}" for r in rooms]
+            raise wire.WireError("FORBIDDEN", f"no longer granted: {_names(ended)}")
+
+    def on_JOIN(self, conn: Connection, message: wire.Join, now: float) -> None:
+        if not self.grants.rooms.allows(message.room):
+            raise wire.WireError("FORBIDDEN", f"not granted: room {message.room}")
+        self.factory.hub.join(conn, message.room, message.metadata, now)
+
+    def on_ROOM_UPDATE(self, conn: Connection, message: wire.RoomUpdate, now: float) -> None:
+        self.factory.hub.room_update(conn, message.room, message.metadata, now)
+
+    def on_LEAVE(self, conn: Connection, message: wire.Leave, now: float) -> None:
+        self.factory.hub.leave(conn, message.room, now)
 
     def _cid(self) -> str:
         return self.conn.id if self.conn is not None else "-"
@@ -189,6 +220,9 @@ class PresenceProtocol(AdmittingProtocol):
         wire.Subscribe: ("SUBSCRIBE", on_SUBSCRIBE),
         wire.Unsubscribe: ("UNSUBSCRIBE", on_UNSUBSCRIBE),
         wire.RefreshToken: ("REFRESH_TOKEN", on_REFRESH_TOKEN),
+        wire.Join: ("JOIN", on_JOIN),
+        wire.RoomUpdate: ("ROOM_UPDATE", on_ROOM_UPDATE),
+        wire.Leave: ("LEAVE", on_LEAVE),
     }
 
     def onPing(self, payload: bytes) -> None:

@@ -6,6 +6,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from presence.core.model import PresenceModel
+from presence.core.rooms import Rooms
 from presence.server.metrics import FastHistogram, Metrics
 
 SEVEN = {
@@ -49,7 +50,7 @@ def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
 def test_presence_families_read_the_model() -> None:
     metrics = Metrics()
     model = PresenceModel(offline_grace=0)
-    metrics.watch(model, lambda: 7, lambda: model.online_user_count)
+    metrics.watch(model, lambda: 7, lambda: model.online_user_count, Rooms(lambda u: "online"))
 
     class Peer:
         def send(self, data: bytes) -> None: ...
