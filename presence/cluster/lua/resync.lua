@@ -25,7 +25,7 @@ for _ = 1, n do
   else
     md = '{}'
   end
-  redis.call('HSET', key, conn, st .. '\t' .. q .. '\t' .. md)
+  redis.call('HSET', key, conn, join3(st, q, md))
   redis.call('HSET', nkey, conn, uid)
 end
 local ended = {}
@@ -49,9 +49,7 @@ end
 for _, e in pairs(ended) do
   local ukey = P .. 'u:' .. e.uid
   if redis.call('EXISTS', ukey) == 0 and redis.call('HLEN', P .. 'uc:' .. e.uid) == 0 then
-    redis.call('HSET', ukey, 'st', 'offline', 'md', '{}', 'ls', e.at, 'lc', 0)
-    redis.call('EXPIRE', ukey, ttl)
-    publish(e.uid, redis.call('HINCRBY', ukey, 'v', 1), 'offline', 0, e.at, '{}')
+    go_offline(e.uid, e.at, ttl)
   end
 end
 local fresh = redis.call('SETNX', P .. 'epoch', ARGV[2])
