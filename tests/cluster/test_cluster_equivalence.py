@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from presence.cluster.store import load_script, parse_message, parse_view, stamp
@@ -84,6 +84,7 @@ class Twin:
         self.conns: dict[str, tuple[str, str]] = {}  # open connection -> (node, user)
         self.serial = 0
         self.node_serial = 0
+        self.left: str | None = None  # the user whose connection closed last
         self.add_node()
         self.add_node()
 
@@ -192,6 +193,11 @@ class Twin:
         self.conns[cid] = (node, uid)
         self.check(before, changes)
 
+    def reconnect(self, i: int) -> None:
+        """The client whose connection closed last comes back (on any node)."""
+        if self.left is not None:
+            self.open(i, self.left)
+
     def update(self, i: int, status: str, metadata: dict[str, int] | None) -> None:
         cid = self.pick_conn(i)
         if cid is None:
@@ -213,6 +219,7 @@ class Twin:
             return
         before = self.views()
         node, uid = self.conns.pop(cid)
+        self.left = uid
         conn = self.model.connection(cid)
         assert conn is not None
         changes = self.model.close(conn, self.now, clean)
@@ -327,6 +334,7 @@ metadata = st.one_of(
     st.none(), st.dictionaries(st.sampled_from("xy"), st.integers(0, 3), max_size=2)
 )
 open_ = st.tuples(dt, st.just("open"), st.integers(0, 3), st.sampled_from(USERS))
+reconnect = st.tuples(dt, st.just("reconnect"), st.integers(0, 3))
 update = st.tuples(dt, st.just("update"), st.integers(0, 7), st.sampled_from(STATUSES), metadata)
 clean_close = st.tuples(dt, st.just("close"), st.integers(0, 7), st.just(True))
 any_close = st.tuples(dt, st.just("close"), st.integers(0, 7), st.booleans())
@@ -348,9 +356,11 @@ grace = st.sampled_from((0.5, 1.0, 2.5, 4.0))
 
 
 def story(*steps: st.SearchStrategy[Any], size: int = 30) -> st.SearchStrategy[Any]:
+    """A few opens, then the steps; a step given twice is drawn twice as often (one_of
+    draws each distinct strategy alike, hence the copies)."""
     return st.tuples(
         st.lists(open_, min_size=1, max_size=5),
-        st.lists(st.one_of(*steps), min_size=5, max_size=size),
+        st.lists(st.one_of(*(step.map(tuple) for step in steps)), min_size=5, max_size=size),
     )
 
 
@@ -370,7 +380,10 @@ def test_lua_aggregate_matches_the_model(redis: tuple[Resp, Resp], story: Any) -
 
 
 @SETTINGS
-@given(grace=grace, story=story(open_, update, any_close, any_close, expire))
+@given(grace=grace, story=story(open_, reconnect, update, any_close, any_close, expire, expire))
+@example(grace=1.0, story=([(0.0, "open", 0, "u")], [(0.0, "close", 0, False), (0.5, "expire"),
+         (0.5, "expire"), (0.0, "open", 0, "u"), (0.0, "close", 0, False), (0.5, "reconnect", 1),
+         (0.0, "close", 0, False), (1.0, "expire")]))  # fmt: skip
 def test_lua_grace_matches_the_model(redis: tuple[Resp, Resp], grace: float, story: Any) -> None:
     """Unclean closes keep the user present for the grace; a reconnect within it is never
     seen leaving; once it runs out the offline carries when the presence ended."""
@@ -378,7 +391,9 @@ def test_lua_grace_matches_the_model(redis: tuple[Resp, Resp], grace: float, sto
 
 
 @SETTINGS
-@given(grace=grace, story=story(open_, update, any_close, expire, beat, die))
+@given(
+    grace=grace, story=story(open_, open_, reconnect, update, any_close, expire, beat, beat, die)
+)
 def test_lua_node_cleanup_matches_the_model(
     redis: tuple[Resp, Resp], grace: float, story: Any
 ) -> None:
@@ -387,7 +402,7 @@ def test_lua_node_cleanup_matches_the_model(
 
 
 @SETTINGS
-@given(grace=grace, story=story(open_, update, any_close, expire, outage))
+@given(grace=grace, story=story(open_, open_, reconnect, update, any_close, expire, outage))
 def test_lua_resync_matches_the_model(redis: tuple[Resp, Resp], grace: float, story: Any) -> None:
     """After an outage the connections that ended meanwhile end at their time, clean or
     not; the ones whose end never reached Redis end now, uncleanly; the rest live on."""
