@@ -21,7 +21,7 @@ import websockets
 
 from tests.support.certs import der_fingerprint, fingerprint, make_cert
 from tests.support.daemon import ROOT, TWISTD, Daemon
-from tests.support.memws import client_frame
+from tests.support.harness import client_frame, upgrade_request
 
 pytestmark = pytest.mark.e2e
 
@@ -227,11 +227,7 @@ def test_slow_reader_is_cut_off(start_daemon: Callable[..., Daemon]) -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", daemon.port))
-    sock.sendall(
-        b"GET /?userId=sloth HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
+    sock.sendall(upgrade_request("/?userId=sloth"))
     response = b""
     while b"\r\n\r\n" not in response:  # a client waits for the 101 before sending frames
         response += sock.recv(4096)
