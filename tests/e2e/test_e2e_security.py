@@ -1,4 +1,6 @@
-"""Issue 4 end to end: the real `twistd presence` on loopback, real clients."""
+"""Authentication, origins, rate limits, caps, slow clients and TLS end to end: the real
+`twistd presence` on loopback, real clients. (Bad security options are tested in process,
+in tests/server/test_options.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import websockets
 
 from tests.support.certs import der_fingerprint, fingerprint, make_cert
-from tests.support.daemon import ROOT, TWISTD, Daemon
+from tests.support.daemon import Daemon
 from tests.support.harness import client_frame, upgrade_request
 
 pytestmark = pytest.mark.e2e
@@ -148,43 +149,7 @@ def test_metrics_token(start_daemon: Callable[..., Daemon], tmp_path: Path) -> N
     assert daemon.get("/presence/alice")[0] == 200  # --auth none, no --api-token-file
 
 
-def run_twistd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TWISTD), "-n", "--pidfile=", "presence", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-
-
-def test_bad_security_options_exit_with_one_line(tmp_path: Path) -> None:
-    secret = tmp_path / "s"
-    secret.write_text("x" * 40)
-    short = tmp_path / "short"
-    short.write_text("x" * 5)
-    cases = [
-        (["--auth", "jwt", "--jwt-secret-file", str(secret)], "needs --allowed-origins"),
-        (["--auth", "jwt", "--allowed-origins", "*"], "exactly one of"),
-        (
-            ["--auth", "jwt", "--allowed-origins", "*", "--jwt-secret-file", str(short)],
-            "at least 32 bytes",
-        ),
-        (["--rate-limit", "fast"], "MSGS/SECONDS"),
-        (["--allowed-origins", "example.com"], "not an origin pattern"),
-        (["--port", "ssl:3443:privateKey=/nonexistent.pem"], "cannot read"),
-    ]
-    for args, message in cases:
-        result = run_twistd(*args)
-        assert result.returncode != 0
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], result.stderr
-
-
 def test_benchmark_limits_are_accepted(start_daemon: Callable[..., Daemon]) -> None:
-    help_text = run_twistd("--help").stdout
-    assert "--rate-limit" in help_text and "--max-connections-per-user" in help_text
     daemon = start_daemon("--rate-limit", "1000000/1", "--max-connections-per-user", "1000000")
 
     async def flow() -> None:
