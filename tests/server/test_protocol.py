@@ -79,6 +79,26 @@ def test_silent_connection_is_closed_4408_then_dropped(d: Harness) -> None:
     assert d.model.connection_count == 0
 
 
+@pytest.mark.parametrize(
+    ("interval", "timeout"),
+    [(0.5, 1.0), (1.0, 3.0), (15.0, 45.0)],
+    ids=["strict", "short", "defaults"],
+)
+def test_the_close_comes_a_timeout_after_the_last_frame_within_a_reaper_interval(
+    interval: float, timeout: float
+) -> None:
+    d = pumped(heartbeat_interval=interval, heartbeat_timeout=timeout)
+    reaper_interval = min(1.0, timeout / 4)
+    a = d.user("alice", answer_close=False)
+    d.advance(timeout / 2)
+    a.send({"type": "HEARTBEAT"})  # the timeout runs from the last inbound frame
+    d.flush()
+    d.advance(timeout - 0.01)
+    assert a.close_code is None
+    d.advance(0.01 + reaper_interval)
+    assert (a.close_code, a.close_reason) == (4408, "heartbeat timeout")
+
+
 @pytest.mark.parametrize("opcode", [1, PING])  # a text message, a ping: any frame is liveness
 def test_any_inbound_frame_keeps_a_connection_alive(d: Harness, opcode: int) -> None:
     a = d.user("alice")
@@ -273,6 +293,12 @@ def test_shutdown_closes_everyone_1001(d: Harness) -> None:
     done.addCallback(fired.append)
     d.advance(0.5)
     assert fired == [None]
+
+
+def test_shutdown_with_no_clients_is_done_at_once(d: Harness) -> None:
+    fired: list[object] = []
+    d.shutdown().addCallback(fired.append)
+    assert fired == [None]  # no clock time passed: it waits for no one
 
 
 @pytest.mark.parametrize(
