@@ -28,7 +28,7 @@ import itertools
 import json
 import weakref
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 from twisted.internet import defer
@@ -294,6 +294,7 @@ class Client:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.lost = False
+        self.sent_close = False
         self._head = b""
         self._decoder = FrameDecoder()
         self._read = 0
@@ -341,6 +342,7 @@ class Client:
     def send_frame(
         self, payload: bytes, opcode: int = TEXT, *, fin: bool = True, mask: bytes = MASK
     ) -> None:
+        self.sent_close = self.sent_close or opcode == CLOSE
         self.feed(client_frame(payload, opcode, fin=fin, mask=mask))
 
     def send(self, message: Any) -> None:
@@ -382,7 +384,8 @@ class Client:
                 payload = frame.payload
                 self.close_code = int.from_bytes(payload[:2], "big") if payload else None
                 self.close_reason = payload[2:].decode()
-                if self.answer_close:  # as a real client does: echo the close, later
+                if self.answer_close and not self.sent_close:  # as a real client: echo it
+                    self.sent_close = True
                     self.link.from_client(client_frame(payload[:2], CLOSE), at_once=False)
 
     def connection_lost(self) -> None:
@@ -502,11 +505,8 @@ class Harness:
 
     def shutdown(self) -> defer.Deferred[None]:
         """What SIGTERM does first: the daemon's ShutdownService says goodbye to everyone."""
-        (service,) = [s for s in self.services() if isinstance(s, ShutdownService)]
+        (service,) = [s for s in self.daemon if isinstance(s, ShutdownService)]
         return service.stopService()
-
-    def services(self) -> Iterator[Any]:
-        return iter(self.daemon)
 
     def sample(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
