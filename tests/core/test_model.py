@@ -2,34 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from presence.core.model import Change, PresenceModel, TooManySubscriptions, UserView, aggregate
-from presence.core.wire import Shared
-from presence.hub import LocalHub
-
-
-def result_of(d: Any) -> Any:
-    """The connection a hub's open answered with (already fired here)."""
-    return d.result
-
-
-class FakePeer:
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-        self.sent: list[bytes] = []
-        self.closed: list[tuple[int, str]] = []
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
-
-    def send_shared(self, message: Shared) -> None:
-        self.sent.append(message.payload)
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed.append((code, reason))
+from tests.support.peers import FakePeer
 
 
 def visible(changes: list[Change]) -> list[tuple[str, str]]:
@@ -223,24 +199,3 @@ def test_closing_twice_is_harmless(model: PresenceModel) -> None:
     conn, _ = model.open("c1", "alice", FakePeer(), now=0)
     model.close(conn, now=1, clean=True)
     assert model.close(conn, now=2, clean=True) == []
-
-
-def test_hub_encodes_one_diff_for_all_watchers_and_sends_state() -> None:
-    model = PresenceModel(offline_grace=0)
-    hub = LocalHub(model)
-    shared: list[Shared] = []
-
-    class Recorder(FakePeer):
-        def send_shared(self, message: Shared) -> None:
-            shared.append(message)
-
-    w1, w2 = Recorder(), Recorder()
-    alice = result_of(hub.open("a", "alice", FakePeer(), now=0))
-    for i, peer in enumerate((w1, w2)):
-        conn = result_of(hub.open(f"w{i}", f"watcher{i}", peer, now=0))
-        hub.subscribe(conn, ["alice"], now=0)
-        assert peer.sent[0].startswith(b'{"type":"PRESENCE_STATE"')
-    hub.update(alice, "away", {"k": "v"}, now=1)
-    assert len(shared) == 2 and shared[0] is shared[1]
-    assert shared[0].payload.startswith(b'{"type":"PRESENCE_DIFF","userId":"alice"')
-    assert hub.diffs_sent == 2

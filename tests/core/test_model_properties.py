@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from presence.core.model import PresenceModel, UserView
-from tests.core.test_model import FakePeer
+from tests.support.peers import FakePeer
 
 USERS = ["u0", "u1", "u2"]
 GRACE = 5.0
@@ -25,7 +25,7 @@ class RefConn:
 
 
 class Reference:
-    """The rules of the issue, written as plainly as possible."""
+    """The presence rules, written as plainly as possible."""
 
     def __init__(self) -> None:
         self.conns: dict[str, RefConn] = {}

@@ -1,4 +1,8 @@
-"""Presence others can see, end to end: the real daemon, the `websockets` client."""
+"""Presence others can see, end to end: the real daemon, the `websockets` client.
+
+No test sleeps to let something (not) happen: the absence of a message is shown by a
+heartbeat's ACK coming next, once the server has handled what could have caused one; the
+offline grace running out is shown by another user's grace running out."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,11 +37,32 @@ async def recv(ws: ClientConnection, timeout: float = 3.0) -> dict[str, Any]:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))  # type: ignore[no-any-return]
 
 
-async def nothing_more(ws: ClientConnection, within: float = 0.3) -> None:
-    """Proves the absence of a message: a heartbeat's ACK must be the very next one."""
-    await asyncio.sleep(within)
+async def nothing_more(ws: ClientConnection) -> None:
+    """Proves the absence of a message: a heartbeat's ACK must be the very next one.
+
+    The server handles one thing at a time and what it writes to one connection arrives in
+    order, so once it has handled whatever could have sent ``ws`` a message (see
+    ``handled``), that message would come before this ACK."""
     await ws.send(json.dumps({"type": "HEARTBEAT"}))
     assert (await recv(ws))["type"] == "HEARTBEAT_ACK"
+
+
+async def handled(ws: ClientConnection) -> None:
+    """Returns once the server has handled everything ``ws`` sent before (a heartbeat's
+    ACK is the next message ``ws`` gets)."""
+    await nothing_more(ws)
+
+
+def dropped(daemon: Daemon, user_id: str) -> dict[str, Any]:
+    """Waits until the server has seen the user's only connection go; what it then shows."""
+    body: dict[str, Any] = {}
+
+    def gone() -> bool:
+        body.update(daemon.get_json(f"/presence/{user_id}")[1])
+        return body["connections"] == 0
+
+    wait_until(gone)
+    return body
 
 
 async def subscribe(ws: ClientConnection, *user_ids: str) -> dict[str, Any]:
@@ -75,10 +100,11 @@ def test_two_users_watch_each_other(daemon: Daemon) -> None:
             {"activity": "call"},
         )
         await update(alice, "busy", {"activity": "call"})  # nothing visible changed
+        await handled(alice)
         await nothing_more(bob)
 
         # A second tab changes only `connections`: no diff, but the HTTP API counts it.
-        bob2 = await connect(daemon, "bob")
+        bob2 = await connect(daemon, "bob")  # its CONNECT comes after any diff it caused
         await nothing_more(alice)
         assert daemon.get_json("/presence/bob")[1]["connections"] == 2
         await bob2.close()
@@ -109,9 +135,9 @@ def test_abrupt_drop_is_offline_only_after_the_grace(daemon: Daemon) -> None:
         alice = await connect(daemon, "alice")
         assert (await recv(watcher))["status"] == "online"
         alice.transport.abort()  # no close frame: a dropped TCP connection
-        await nothing_more(watcher, within=GRACE / 3)
-        assert daemon.get_json("/presence/alice")[1]["status"] == "online"
-        diff = await recv(watcher, timeout=GRACE + 3)
+        assert (await asyncio.to_thread(dropped, daemon, "alice"))["status"] == "online"
+        await nothing_more(watcher)  # no diff when the drop was seen
+        diff = await recv(watcher, timeout=GRACE + 5)
         assert diff["status"] == "offline" and diff["lastSeen"] is not None
         await watcher.close()
 
@@ -119,19 +145,28 @@ def test_abrupt_drop_is_offline_only_after_the_grace(daemon: Daemon) -> None:
 
 
 def test_reconnect_inside_the_grace_is_invisible(daemon: Daemon) -> None:
+    """A probe user, dropped just after alice, shows when alice's grace would have run out:
+    the probe's offline diff comes, and none for alice before or after it."""
+
     async def flow() -> None:
         watcher = await connect(daemon, "watcher")
-        await subscribe(watcher, "alice")
+        await subscribe(watcher, "alice", "probe")
         alice = await connect(daemon, "alice")
         await update(alice, "away")
         assert (await recv(watcher))["status"] == "online"
         assert (await recv(watcher))["status"] == "away"
+        probe = await connect(daemon, "probe")
+        assert (await recv(watcher))["userId"] == "probe"
         alice.transport.abort()
-        await asyncio.sleep(GRACE / 4)
+        await asyncio.to_thread(dropped, daemon, "alice")
+        probe.transport.abort()
+        await asyncio.to_thread(dropped, daemon, "probe")  # its grace ends after alice's
         alice = await connect(daemon, "alice")  # back, online again: one visible change
         diff = await recv(watcher)
-        assert diff["status"] == "online" and diff["lastSeen"] is None
-        await nothing_more(watcher, within=GRACE + 1)
+        assert (diff["userId"], diff["status"], diff["lastSeen"]) == ("alice", "online", None)
+        diff = await recv(watcher, timeout=GRACE + 5)
+        assert (diff["userId"], diff["status"]) == ("probe", "offline")
+        await nothing_more(watcher)
         await alice.close()
         await watcher.close()
 

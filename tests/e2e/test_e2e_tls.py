@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +20,20 @@ from tests.support.daemon import Daemon
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def tls_daemon(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Daemon:
-    return start_daemon(
-        "--heartbeat-interval", "1", "--heartbeat-timeout", "5", tls=self_signed(tmp_path)
+@pytest.fixture(scope="module")
+def tls_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the module: no test here changes its state."""
+    directory = tmp_path_factory.mktemp("tls")
+    daemon = Daemon(
+        directory,
+        *("--heartbeat-interval", "1", "--heartbeat-timeout", "5"),
+        tls=self_signed(directory),
     )
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def test_wss_connect_heartbeat_disconnect(tls_daemon: Daemon) -> None:

@@ -8,13 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import ROOT, free_port
+from tests.support.daemon import ROOT, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -126,17 +125,17 @@ def test_the_installed_daemon_serves_health(venv: Path, tmp_path: Path) -> None:
             cwd=tmp_path,
         )
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+
+    def healthy() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            with direct.open(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with direct.open(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+        wait_until(healthy, timeout=20, interval=0.1, message=log.read_text)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.memws import Server, client_frame
+from tests.support.harness import Harness, client_frame
 
 SERVER_TYPES = {"CONNECT", "HEARTBEAT_ACK", "ERROR", "PRESENCE_STATE", "PRESENCE_DIFF"}
 ERROR_CODES = {
@@ -69,11 +69,11 @@ messages = json_values | st.fixed_dictionaries(
 )
 
 
-def check(server: Server, frames: bytes) -> None:
+def check(server: Harness, frames: bytes) -> None:
     client = server.connect("/?userId=fuzz")
-    assert client.messages()[0]["type"] == "CONNECT"
+    assert client.read_messages()[0]["type"] == "CONNECT"
     client.feed(frames)
-    for opcode, payload in client.frames():
+    for opcode, payload in client.read_frames():
         if opcode == 1:
             reply: Any = json.loads(payload)
             assert reply["type"] in SERVER_TYPES
@@ -83,7 +83,7 @@ def check(server: Server, frames: bytes) -> None:
         assert client.close_code in CLOSE_CODES, (client.close_code, client.close_reason)
     else:
         client.send({"type": "HEARTBEAT"})
-        assert client.messages()[-1]["type"] == "HEARTBEAT_ACK"
+        assert client.read_messages()[-1]["type"] == "HEARTBEAT_ACK"
     assert server.error_count("internal") == 0
 
 
@@ -93,14 +93,14 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 @SETTINGS
 @given(st.lists(messages, min_size=1, max_size=5))
 def test_arbitrary_json(batch: list[Any]) -> None:
-    server = Server(rate_messages=1000, rate_seconds=1)
+    server = Harness(rate_messages=1000, rate_seconds=1)
     check(server, b"".join(client_frame(json.dumps(m).encode()) for m in batch))
 
 
 @SETTINGS
 @given(st.lists(st.tuples(st.sampled_from([1, 2]), st.binary(max_size=200)), max_size=4))
 def test_arbitrary_bytes_as_frames(batch: list[tuple[int, bytes]]) -> None:
-    server = Server(rate_messages=1000, rate_seconds=1, max_message_size=256)
+    server = Harness(rate_messages=1000, rate_seconds=1, max_message_size=256)
     check(server, b"".join(client_frame(data, opcode) for opcode, data in batch))
 
 
@@ -108,11 +108,11 @@ def test_arbitrary_bytes_as_frames(batch: list[tuple[int, bytes]]) -> None:
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_on_the_wire(data: bytes) -> None:
     """Not even frames: whatever Autobahn makes of it, nothing reaches past a close."""
-    server = Server(rate_messages=1000, rate_seconds=1)
+    server = Harness(rate_messages=1000, rate_seconds=1)
     client = server.connect("/?userId=fuzz")
-    client.messages()
+    client.read_messages()
     client.feed(data)
-    for opcode, payload in client.frames():
+    for opcode, payload in client.read_frames():
         if opcode == 1:
             assert json.loads(payload)["type"] in SERVER_TYPES
     assert client.close_code in (None, *CLOSE_CODES)

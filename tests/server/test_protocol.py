@@ -1,32 +1,38 @@
-"""The protocol in memory: the real Site and Autobahn protocol over iosim, every timer on a
-task.Clock. Timeouts are tested by advancing the clock, never by sleeping."""
+"""The protocol in memory: the real Site and Autobahn protocol over the pumped two-sided
+transport, every timer on a task.Clock. Timeouts are tested by advancing the clock, never
+by sleeping."""
 
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
-from twisted.internet.protocol import Protocol
 
 from presence.server.frames import text_frame
 from presence.server.ws import PresenceProtocol
-from tests.support.memory import Client, MemoryDaemon
+from tests.support.harness import BINARY, CLOSE, PING, Client, Harness
+
+
+def pumped(**config: Any) -> Harness:
+    return Harness(transport="pumped", **config)
 
 
 @pytest.fixture
-def d() -> MemoryDaemon:
-    return MemoryDaemon(heartbeat_timeout=3, offline_grace=5, max_message_size=1024)
+def d() -> Harness:
+    return pumped(heartbeat_interval=1, heartbeat_timeout=3, offline_grace=5, max_message_size=1024)
 
 
-def sample(d: MemoryDaemon, name: str) -> float:
+def sample(d: Harness, name: str) -> float:
+    """A sample as /metrics renders it, e.g. 'ws_errors_total{reason="internal"}'."""
     for line in generate_latest(d.metrics.registry).decode().splitlines():
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise KeyError(name)
 
 
-def test_connect_message(d: MemoryDaemon) -> None:
+def test_connect_message(d: Harness) -> None:
     a, b = d.user("alice"), d.user("alice")
     (connect,) = a.messages
     assert connect["type"] == "CONNECT" and connect["userId"] == "alice"
@@ -46,24 +52,22 @@ def test_connect_message(d: MemoryDaemon) -> None:
         ("?userId=%07bell", "invalid userId"),
     ],
 )
-def test_bad_user_id_is_closed_1002_without_connect(
-    d: MemoryDaemon, query: str, reason: str
-) -> None:
-    client = d.connect(query)
+def test_bad_user_id_is_closed_1002_without_connect(d: Harness, query: str, reason: str) -> None:
+    client = d.connect("/" + query)
     assert client.status == 101
     assert client.messages == []
     assert (client.close_code, client.close_reason) == (1002, reason)
     assert d.model.connection_count == 0
 
 
-def test_heartbeat_is_acknowledged(d: MemoryDaemon) -> None:
+def test_heartbeat_is_acknowledged(d: Harness) -> None:
     a = d.user("alice")
     a.send({"type": "HEARTBEAT", "timestamp": "2024-12-18T10:00:00Z"})
     d.flush()
     assert a.messages[-1]["type"] == "HEARTBEAT_ACK"
 
 
-def test_silent_connection_is_closed_4408_then_dropped(d: MemoryDaemon) -> None:
+def test_silent_connection_is_closed_4408_then_dropped(d: Harness) -> None:
     a = d.user("alice", answer_close=False)
     d.advance(2.5)
     assert a.close_code is None
@@ -75,12 +79,32 @@ def test_silent_connection_is_closed_4408_then_dropped(d: MemoryDaemon) -> None:
     assert d.model.connection_count == 0
 
 
-@pytest.mark.parametrize("opcode", [1, 9])  # a text message, a ping: any frame is liveness
-def test_any_inbound_frame_keeps_a_connection_alive(d: MemoryDaemon, opcode: int) -> None:
+@pytest.mark.parametrize(
+    ("interval", "timeout"),
+    [(0.5, 1.0), (1.0, 3.0), (15.0, 45.0)],
+    ids=["strict", "short", "defaults"],
+)
+def test_the_close_comes_a_timeout_after_the_last_frame_within_a_reaper_interval(
+    interval: float, timeout: float
+) -> None:
+    d = pumped(heartbeat_interval=interval, heartbeat_timeout=timeout)
+    reaper_interval = min(1.0, timeout / 4)
+    a = d.user("alice", answer_close=False)
+    d.advance(timeout / 2)
+    a.send({"type": "HEARTBEAT"})  # the timeout runs from the last inbound frame
+    d.flush()
+    d.advance(timeout - 0.01)
+    assert a.close_code is None
+    d.advance(0.01 + reaper_interval)
+    assert (a.close_code, a.close_reason) == (4408, "heartbeat timeout")
+
+
+@pytest.mark.parametrize("opcode", [1, PING])  # a text message, a ping: any frame is liveness
+def test_any_inbound_frame_keeps_a_connection_alive(d: Harness, opcode: int) -> None:
     a = d.user("alice")
     for _ in range(8):
         d.advance(1)
-        a.send_raw(b'{"type":"HEARTBEAT"}' if opcode == 1 else b"ping", opcode=opcode)
+        a.send_frame(b'{"type":"HEARTBEAT"}' if opcode == 1 else b"ping", opcode)
         d.flush()
     assert a.close_code is None and not a.lost
 
@@ -105,10 +129,10 @@ def test_any_inbound_frame_keeps_a_connection_alive(d: MemoryDaemon, opcode: int
     ],
 )
 def test_bad_messages_get_an_error_and_keep_the_connection(
-    d: MemoryDaemon, payload: bytes, code: str
+    d: Harness, payload: bytes, code: str
 ) -> None:
     a = d.user("alice")
-    a.send_raw(payload)
+    a.send_frame(payload)
     a.send({"type": "HEARTBEAT"})
     d.flush()
     error, ack = a.messages[-2:]
@@ -118,16 +142,16 @@ def test_bad_messages_get_an_error_and_keep_the_connection(
     assert sample(d, 'ws_errors_total{reason="invalid_message"}') == 1
 
 
-def test_binary_frame_closes_1003(d: MemoryDaemon) -> None:
+def test_binary_frame_closes_1003(d: Harness) -> None:
     a = d.user("alice")
-    a.send_raw(b"\x00\x01", opcode=2)
+    a.send_frame(b"\x00\x01", BINARY)
     d.flush()
     assert a.close_code == 1003
 
 
-def test_oversized_message_closes_1009(d: MemoryDaemon) -> None:
+def test_oversized_message_closes_1009(d: Harness) -> None:
     a, b = d.user("alice"), d.user("bob")
-    a.send_raw(b'{"type":"HEARTBEAT","pad":"' + b"x" * 1100 + b'"}')
+    a.send_frame(b'{"type":"HEARTBEAT","pad":"' + b"x" * 1100 + b'"}')
     b.send({"type": "HEARTBEAT"})
     d.flush()
     assert a.close_code == 1009
@@ -135,7 +159,7 @@ def test_oversized_message_closes_1009(d: MemoryDaemon) -> None:
 
 
 def test_internal_error_closes_only_that_connection_1011(
-    d: MemoryDaemon, monkeypatch: pytest.MonkeyPatch
+    d: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = d.user("alice"), d.user("bob")
 
@@ -151,7 +175,7 @@ def test_internal_error_closes_only_that_connection_1011(
     assert sample(d, 'ws_errors_total{reason="internal"}') == 1
 
 
-def test_disconnect_closes_1000_and_watchers_see_offline_at_once(d: MemoryDaemon) -> None:
+def test_disconnect_closes_1000_and_watchers_see_offline_at_once(d: Harness) -> None:
     watcher = d.user("bob", subscribe=["alice"])
     a = d.user("alice")
     a.send({"type": "DISCONNECT", "timestamp": "2024-12-18T10:00:00Z"})
@@ -162,20 +186,20 @@ def test_disconnect_closes_1000_and_watchers_see_offline_at_once(d: MemoryDaemon
     assert diffs[-1]["lastSeen"] is not None and diffs[-1]["connections"] == 0
 
 
-def test_client_close_1000_is_offline_at_once(d: MemoryDaemon) -> None:
+def test_client_close_1000_is_offline_at_once(d: Harness) -> None:
     watcher = d.user("bob", subscribe=["alice"])
     a = d.user("alice")
-    a.send_raw(b"\x03\xe8", opcode=8)
+    a.send_frame(b"\x03\xe8", CLOSE)
     d.flush()
     assert [x["status"] for x in watcher.of_type("PRESENCE_DIFF")] == ["online", "offline"]
 
 
-def drop(d: MemoryDaemon, client: Client) -> None:
-    client.transport.loseConnection()
+def drop(d: Harness, client: Client) -> None:
+    client.drop()
     d.flush()
 
 
-def keep_alive(d: MemoryDaemon, client: Client, seconds: int) -> None:
+def keep_alive(d: Harness, client: Client, seconds: int) -> None:
     """Let time pass while this client heartbeats every second."""
     for _ in range(seconds):
         d.advance(1)
@@ -183,7 +207,7 @@ def keep_alive(d: MemoryDaemon, client: Client, seconds: int) -> None:
     d.flush()
 
 
-def test_abrupt_drop_waits_out_the_grace(d: MemoryDaemon) -> None:
+def test_abrupt_drop_waits_out_the_grace(d: Harness) -> None:
     watcher = d.user("bob", subscribe=["alice"])
     drop(d, d.user("alice"))
     keep_alive(d, watcher, 4)
@@ -192,7 +216,7 @@ def test_abrupt_drop_waits_out_the_grace(d: MemoryDaemon) -> None:
     assert [x["status"] for x in watcher.of_type("PRESENCE_DIFF")] == ["online", "offline"]
 
 
-def test_reconnect_within_grace_is_invisible(d: MemoryDaemon) -> None:
+def test_reconnect_within_grace_is_invisible(d: Harness) -> None:
     watcher = d.user("bob", subscribe=["alice"])
     drop(d, d.user("alice"))
     keep_alive(d, watcher, 2)
@@ -204,7 +228,7 @@ def test_reconnect_within_grace_is_invisible(d: MemoryDaemon) -> None:
     assert sample(d, "presence_offline_suppressed_total") == 1
 
 
-def test_heartbeat_timeout_gets_the_grace_too(d: MemoryDaemon) -> None:
+def test_heartbeat_timeout_gets_the_grace_too(d: Harness) -> None:
     watcher = d.user("bob", subscribe=["alice"])
     d.user("alice")
     keep_alive(d, watcher, 5)  # alice goes quiet: closed at ~3.75 s, then the grace
@@ -213,7 +237,7 @@ def test_heartbeat_timeout_gets_the_grace_too(d: MemoryDaemon) -> None:
     assert [x["status"] for x in watcher.of_type("PRESENCE_DIFF")] == ["online", "offline"]
 
 
-def test_subscribe_state_then_diffs_in_order(d: MemoryDaemon) -> None:
+def test_subscribe_state_then_diffs_in_order(d: Harness) -> None:
     a = d.user("alice")
     watcher = d.user("bob", subscribe=["alice", "carol"])
     (state,) = watcher.of_type("PRESENCE_STATE")
@@ -232,8 +256,8 @@ def test_subscribe_state_then_diffs_in_order(d: MemoryDaemon) -> None:
     assert len(watcher.of_type("PRESENCE_DIFF")) == 3
 
 
-def test_too_many_subscriptions(d: MemoryDaemon) -> None:
-    small = MemoryDaemon(max_subscriptions=2)
+def test_too_many_subscriptions(d: Harness) -> None:
+    small = pumped(max_subscriptions=2)
     watcher = small.user("bob", subscribe=["a"])
     watcher.send({"type": "SUBSCRIBE", "payload": {"userIds": ["b", "c"]}})
     small.flush()
@@ -241,7 +265,7 @@ def test_too_many_subscriptions(d: MemoryDaemon) -> None:
     assert small.model.subscription_count == 1
 
 
-def test_metrics_follow_connections_and_messages(d: MemoryDaemon) -> None:
+def test_metrics_follow_connections_and_messages(d: Harness) -> None:
     a1, _a2, b = d.user("alice"), d.user("alice"), d.user("bob")
     assert sample(d, "ws_connections_total") == 3
     assert sample(d, "ws_connections_current") == 3
@@ -260,9 +284,9 @@ def test_metrics_follow_connections_and_messages(d: MemoryDaemon) -> None:
     assert "alice" not in metrics_text and "bob" not in metrics_text
 
 
-def test_shutdown_closes_everyone_1001(d: MemoryDaemon) -> None:
+def test_shutdown_closes_everyone_1001(d: Harness) -> None:
     clients = [d.user(f"u{i}") for i in range(3)]
-    done = d.shutdown.stopService()
+    done = d.shutdown()
     d.flush()
     assert [c.close_code for c in clients] == [1001, 1001, 1001]
     fired: list[object] = []
@@ -271,16 +295,10 @@ def test_shutdown_closes_everyone_1001(d: MemoryDaemon) -> None:
     assert fired == [None]
 
 
-class RawHttp(Protocol):
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.received = b""
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
+def test_shutdown_with_no_clients_is_done_at_once(d: Harness) -> None:
+    fired: list[object] = []
+    d.shutdown().addCallback(fired.append)
+    assert fired == [None]  # no clock time passed: it waits for no one
 
 
 @pytest.mark.parametrize(
@@ -295,28 +313,31 @@ class RawHttp(Protocol):
         (b"GET /presence HTTP/1.1", b"400", b'"error":"INVALID_QUERY"'),
     ],
 )
-def test_http_resources(d: MemoryDaemon, request_line: bytes, status: bytes, body: bytes) -> None:
+def test_http_resources(d: Harness, request_line: bytes, status: bytes, body: bytes) -> None:
     d.user("alice")
-    client = RawHttp(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
-    d.open(client)
-    assert client.received.split(b" ", 2)[1] == status
-    assert body in client.received
+    client = d.open()
+    client.feed(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    d.flush()
+    assert client.raw.split(b" ", 2)[1] == status
+    assert body in client.raw
+    assert client.lost
 
 
-def test_presence_query_is_capped_at_1000_ids(d: MemoryDaemon) -> None:
+def test_presence_query_is_capped_at_1000_ids(d: Harness) -> None:
     ids = ",".join(f"u{i}" for i in range(1001)).encode()
-    client = RawHttp(b"GET /presence?userIds=" + ids + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    d.open(client)
-    assert client.received.split(b" ", 2)[1] == b"400"
-    assert b"TOO_MANY_USER_IDS" in client.received
+    client = d.open()
+    client.feed(b"GET /presence?userIds=" + ids + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    d.flush()
+    assert client.status == 400
+    assert b"TOO_MANY_USER_IDS" in client.body
 
 
-def test_protocol_class_is_ours(d: MemoryDaemon) -> None:
+def test_protocol_class_is_ours(d: Harness) -> None:
     assert issubclass(d.factory.protocol, PresenceProtocol)
 
 
-def test_large_messages_use_the_longer_frame_lengths(d: MemoryDaemon) -> None:
-    big = MemoryDaemon(max_message_size=200_000)
+def test_large_messages_use_the_longer_frame_lengths(d: Harness) -> None:
+    big = pumped(max_message_size=200_000)
     ids = [f"user-with-a-longish-id-{i:04d}" for i in range(1000)]
     watcher = big.user("w")
     watcher.send({"type": "SUBSCRIBE", "payload": {"userIds": ids}})
@@ -328,24 +349,24 @@ def test_large_messages_use_the_longer_frame_lengths(d: MemoryDaemon) -> None:
     assert len(watcher.of_type("PRESENCE_STATE")[-1]["users"]) == 3  # the 2-byte form
 
 
-def test_the_http_channel_is_released_after_the_upgrade(d: MemoryDaemon) -> None:
+def test_the_http_channel_is_released_after_the_upgrade(d: Harness) -> None:
     """Only the WebSocket protocol stays per connection: the HTTP channel that carried the
     handshake (and its request) must not live on through the Site's idle timer or as the
     transport's producer."""
-    client = Client("/?userId=alice")
-    pump = d.open(client)
+    client: Client = d.connect("/?userId=alice")
+    assert client.status == 101
     gc.collect()
-    assert pump.first_server_protocol() is None
+    assert client.http_channel is None
     client.send({"type": "HEARTBEAT"})
     d.flush()
     assert client.messages[-1]["type"] == "HEARTBEAT_ACK"
 
 
-def test_an_open_connection_keeps_no_handshake_data(d: MemoryDaemon) -> None:
+def test_an_open_connection_keeps_no_handshake_data(d: Harness) -> None:
     """Memory per connection: Autobahn's copy of the opening handshake and its empty send
     queue are dropped once the connection is open; its queued-send path still works."""
     client = d.user("alice")
-    protocol = d.pumps[-1].server.protocol
+    protocol = client.ws
     assert not hasattr(protocol, "http_request_data")
     assert not hasattr(protocol, "http_headers")
     assert not protocol.send_queue

@@ -1,4 +1,5 @@
-"""Issue 4 rules, in memory: the real Site and protocol on a StringTransport and task.Clock."""
+"""Authentication, origins, rate limits, caps, the opening handshake and slow readers, in
+memory: the real daemon on the direct (synchronous) transport and a task.Clock."""
 
 from __future__ import annotations
 
@@ -12,10 +13,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from presence.core.auth import verifier_from_public_key, verifier_from_secret
-from tests.support.memws import Client, Server, client_frame
+from tests.support.harness import (
+    CLOSE,
+    PING,
+    T0,
+    Client,
+    Harness,
+    client_frame,
+    upgrade_request,
+)
 
 SECRET = b"k" * 40
-T0 = 1_700_000_000.0
 ORIGIN = ("https://app.example.com",)
 
 
@@ -23,12 +31,17 @@ def token(sub: str = "alice", exp: float = T0 + 60, secret: bytes = SECRET, **cl
     return jwt.encode({"sub": sub, "exp": exp, **claims}, secret, algorithm="HS256")
 
 
-def jwt_server(**config: Any) -> Server:
-    return Server(verifier=verifier_from_secret(SECRET), allowed_origins=ORIGIN, **config)
+# For tests that let minutes pass on the clock with a quiet client: the reaper runs, as in
+# the daemon, and must not close the connection for silence before the deadline under test.
+PATIENT = {"heartbeat_interval": 600.0, "heartbeat_timeout": 1800.0}
+
+
+def jwt_server(**config: Any) -> Harness:
+    return Harness(verifier=verifier_from_secret(SECRET), allowed_origins=ORIGIN, **config)
 
 
 def assert_refused(client: Client, code: int, reason: str) -> None:
-    frames = client.frames()
+    frames = client.read_frames()
     assert [op for op, _ in frames] == [8], frames  # a close frame and nothing else
     assert (client.close_code, client.close_reason) == (code, reason)
 
@@ -39,9 +52,9 @@ def assert_refused(client: Client, code: int, reason: str) -> None:
 def test_token_in_query_and_in_bearer_header() -> None:
     server = jwt_server()
     a = server.connect(f"/?userId=alice&token={token()}")
-    assert a.status == 101 and a.message()["type"] == "CONNECT"
+    assert a.status == 101 and a.read_message()["type"] == "CONNECT"
     b = server.connect("/?userId=bob", {"Authorization": f"Bearer {token('bob')}"})
-    assert b.message()["type"] == "CONNECT"
+    assert b.read_message()["type"] == "CONNECT"
     assert server.model.connection_count == 2
 
 
@@ -78,7 +91,7 @@ def test_bad_tokens_are_refused_with_1008(make: Any, reason: str) -> None:
     assert client.status == 101
     assert_refused(client, 1008, reason)
     if bad:
-        assert bad.encode() not in client.transport.value().split(b"\r\n\r\n", 1)[1]
+        assert bad.encode() not in client.raw.split(b"\r\n\r\n", 1)[1]
     assert server.model.connection_count == 0
     assert server.error_count("auth") == 1
 
@@ -88,9 +101,9 @@ def test_rs256_server_refuses_hs256_signed_with_its_public_key() -> None:
     pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    server = Server(verifier=verifier_from_public_key(pem), allowed_origins=ORIGIN)
+    server = Harness(verifier=verifier_from_public_key(pem), allowed_origins=ORIGIN)
     good = jwt.encode({"sub": "alice", "exp": T0 + 60}, private, algorithm="RS256")
-    assert server.connect(f"/?userId=alice&token={good}").message()["type"] == "CONNECT"
+    assert server.connect(f"/?userId=alice&token={good}").read_message()["type"] == "CONNECT"
     confused = jwt.encode({"sub": "alice", "exp": T0 + 60}, b"x" * 64, algorithm="HS256")
     client = server.connect(f"/?userId=alice&token={confused}")
     assert_refused(client, 1008, "token algorithm not allowed (server accepts RS256)")
@@ -105,27 +118,27 @@ def test_userid_checks_come_first() -> None:
 
 
 def test_refresh_in_time_keeps_the_connection() -> None:
-    server = jwt_server(token_grace=30)
+    server = jwt_server(token_grace=30, **PATIENT)
     client = server.connect(f"/?userId=alice&token={token(exp=T0 + 60)}")
-    client.messages()
-    server.clock.advance(70)  # past exp, within the grace
+    client.read_messages()
+    server.advance(70)  # past exp, within the grace
     client.send({"type": "REFRESH_TOKEN", "payload": {"token": token(exp=T0 + 600)}})
-    assert client.frames() == []  # no reply when good
-    server.clock.advance(100)  # well past the old exp + grace
+    assert client.read_frames() == []  # no reply when good
+    server.advance(100)  # well past the old exp + grace
     client.send({"type": "HEARTBEAT"})
-    assert client.message()["type"] == "HEARTBEAT_ACK"
-    server.clock.advance(600 + 30 - 170)  # the new token's exp + grace
-    client.frames()
+    assert client.read_message()["type"] == "HEARTBEAT_ACK"
+    server.advance(600 + 30 - 170)  # the new token's exp + grace
+    client.read_frames()
     assert (client.close_code, client.close_reason) == (1008, "token expired")
 
 
 def test_refresh_too_late_closes_1008() -> None:
-    server = jwt_server(token_grace=30)
+    server = jwt_server(token_grace=30, **PATIENT)
     client = server.connect(f"/?userId=alice&token={token(exp=T0 + 60)}")
-    client.messages()
-    server.clock.advance(89.9)
-    assert client.frames() == []
-    server.clock.advance(0.1)
+    client.read_messages()
+    server.advance(89.9)
+    assert client.read_frames() == []
+    server.advance(0.1)
     assert_refused(client, 1008, "token expired")
     # A refresh after the close changes nothing.
     client.send({"type": "REFRESH_TOKEN", "payload": {"token": token(exp=T0 + 600)}})
@@ -133,33 +146,34 @@ def test_refresh_too_late_closes_1008() -> None:
 
 
 def test_bad_refresh_answers_error_and_keeps_the_deadline() -> None:
-    server = jwt_server(token_grace=30)
+    server = jwt_server(token_grace=30, **PATIENT)
     client = server.connect(f"/?userId=alice&token={token(exp=T0 + 60)}")
-    client.messages()
+    client.read_messages()
     for bad, reason in [
         (token(sub="bob", exp=T0 + 600), "token sub does not match userId"),
         (token(exp=T0 + 600, secret=b"z" * 40), "token signature invalid"),
         (token(exp=T0 - 5), "token expired"),
     ]:
         client.send({"type": "REFRESH_TOKEN", "payload": {"token": bad}})
-        error = client.message()
+        error = client.read_message()
         assert (error["type"], error["code"], error["message"]) == (
             "ERROR",
             "INVALID_TOKEN",
             reason,
         )
-    server.clock.advance(90)
+    server.advance(89.9)  # the first token's exp + grace, to the tenth of a second
+    assert client.read_frames() == []
     assert (client.close_code, client.close_reason) == (None, None)
-    client.frames()
-    assert (client.close_code, client.close_reason) == (1008, "token expired")
+    server.advance(0.1)
+    assert_refused(client, 1008, "token expired")
 
 
 def test_refresh_without_auth_is_an_error() -> None:
-    server = Server()
+    server = Harness()
     client = server.connect()
-    client.messages()
+    client.read_messages()
     client.send({"type": "REFRESH_TOKEN", "payload": {"token": "x"}})
-    assert client.message()["code"] == "AUTH_DISABLED"
+    assert client.read_message()["code"] == "AUTH_DISABLED"
 
 
 # -- origins ------------------------------------------------------------------------------
@@ -177,16 +191,16 @@ def test_foreign_and_null_origins_get_403_and_never_reach_the_model(origin: str)
 def test_allowed_origin_and_no_origin_are_served() -> None:
     server = jwt_server()
     ok = server.connect(f"/?userId=alice&token={token()}", {"Origin": "https://app.example.com"})
-    assert ok.status == 101 and ok.message()["type"] == "CONNECT"
+    assert ok.status == 101 and ok.read_message()["type"] == "CONNECT"
     assert server.connect(f"/?userId=alice&token={token()}").status == 101
 
 
 def test_wildcard_patterns_and_default() -> None:
-    server = Server(allowed_origins=("https://*.example.com", "null"))
+    server = Harness(allowed_origins=("https://*.example.com", "null"))
     assert server.connect(headers={"Origin": "https://a.example.com"}).status == 101
     assert server.connect(headers={"Origin": "null"}).status == 101
     assert server.connect(headers={"Origin": "https://example.org"}).status == 403
-    open_server = Server()  # --auth none default: *
+    open_server = Harness()  # --auth none default: *
     assert open_server.connect(headers={"Origin": "https://anything.test"}).status == 101
 
 
@@ -194,33 +208,33 @@ def test_wildcard_patterns_and_default() -> None:
 
 
 def test_rate_limit_refuses_then_recovers_and_spares_others() -> None:
-    server = Server(rate_messages=5, rate_seconds=10)
+    server = Harness(rate_messages=5, rate_seconds=10)
     noisy, quiet = server.connect("/?userId=noisy"), server.connect("/?userId=quiet")
-    noisy.messages(), quiet.messages()
+    noisy.read_messages(), quiet.read_messages()
     for _ in range(6):
         noisy.send({"type": "HEARTBEAT"})
-    replies = noisy.messages()
+    replies = noisy.read_messages()
     assert [r["type"] for r in replies] == ["HEARTBEAT_ACK"] * 5 + ["ERROR"]
     assert replies[-1]["code"] == "RATE_LIMITED"
     # A dropped message is not acted on.
     noisy.send({"type": "PRESENCE_UPDATE", "payload": {"status": "busy"}})
-    assert noisy.message()["code"] == "RATE_LIMITED"
+    assert noisy.read_message()["code"] == "RATE_LIMITED"
     assert server.model.view("noisy").status == "online"
     quiet.send({"type": "HEARTBEAT"})
-    assert quiet.message()["type"] == "HEARTBEAT_ACK"
-    server.clock.advance(2)  # one token back (5 per 10 s)
+    assert quiet.read_message()["type"] == "HEARTBEAT_ACK"
+    server.advance(2)  # one token back (5 per 10 s)
     noisy.send({"type": "HEARTBEAT"})
-    assert noisy.message()["type"] == "HEARTBEAT_ACK"
+    assert noisy.read_message()["type"] == "HEARTBEAT_ACK"
     assert server.error_count("rate_limited") == 2
 
 
 def test_past_three_times_the_limit_closes_1008() -> None:
-    server = Server(rate_messages=5, rate_seconds=10)
+    server = Harness(rate_messages=5, rate_seconds=10)
     client = server.connect()
-    client.messages()
+    client.read_messages()
     for _ in range(15):
         client.send({"type": "HEARTBEAT"})
-    assert len(client.messages()) == 15  # 5 acks, 10 RATE_LIMITED
+    assert len(client.read_messages()) == 15  # 5 acks, 10 RATE_LIMITED
     client.send({"type": "HEARTBEAT"})
     assert_refused(client, 1008, "rate limit exceeded")
 
@@ -229,83 +243,79 @@ def test_past_three_times_the_limit_closes_1008() -> None:
 
 
 def test_total_cap_answers_503_and_disturbs_nobody() -> None:
-    server = Server(max_connections=2)
+    server = Harness(max_connections=2)
     a, b = server.connect("/?userId=a"), server.connect("/?userId=b")
     c = server.connect("/?userId=c")
     assert (a.status, b.status, c.status) == (101, 101, 503)
-    assert b"too many connections" in c.transport.value()
+    assert b"too many connections" in c.raw
     assert server.model.connection_count == 2
-    a.messages()
+    a.read_messages()
     a.send({"type": "HEARTBEAT"})
-    assert a.messages()[-1]["type"] == "HEARTBEAT_ACK"
+    assert a.read_messages()[-1]["type"] == "HEARTBEAT_ACK"
     assert server.error_count("capacity") == 1
 
 
 def test_per_user_cap_closes_1013() -> None:
-    server = Server(max_connections_per_user=2)
+    server = Harness(max_connections_per_user=2)
     first = [server.connect("/?userId=alice") for _ in range(2)]
     third = server.connect("/?userId=alice")
     assert_refused(third, 1013, "too many connections for this user")
-    assert server.connect("/?userId=bob").message()["type"] == "CONNECT"
+    assert server.connect("/?userId=bob").read_message()["type"] == "CONNECT"
     assert server.model.connections_of("alice") == 2
-    first[0].messages()
+    first[0].read_messages()
     first[0].send({"type": "HEARTBEAT"})
-    assert first[0].message()["type"] == "HEARTBEAT_ACK"
+    assert first[0].read_message()["type"] == "HEARTBEAT_ACK"
 
 
 # -- the opening handshake ---------------------------------------------------------------
 
-REQUEST = (
-    b"GET /?userId=alice HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"Sec-WebSocket-Version: 13\r\n\r\n"
-)
+REQUEST = upgrade_request("/?userId=alice")
 
 
 def test_byte_a_second_handshake_is_dropped_at_the_deadline() -> None:
-    server = Server()
-    client = Client(server)
+    server = Harness()
+    client = server.open()
     for i in range(4):
         client.feed(REQUEST[i : i + 1])
-        server.clock.advance(1)
-    assert not client.transport.aborted
+        server.advance(1)
+    assert not client.aborted
     client.feed(REQUEST[4:5])
-    server.clock.advance(1)  # 5 s after the connection began, however busy the client is
-    assert client.transport.aborted
+    server.advance(1)  # 5 s after the connection began, however busy the client is
+    assert client.aborted
     assert server.model.connection_count == 0
     assert server.error_count("handshake") == 1
 
 
 def test_handshake_within_the_deadline_is_served_and_the_deadline_is_then_off() -> None:
-    server = Server()
-    client = Client(server)
+    server = Harness(**PATIENT)
+    client = server.open()
     client.feed(REQUEST[:10])
-    server.clock.advance(4.9)
+    server.advance(4.9)
     client.feed(REQUEST[10:])
-    assert client.read_status() == 101
-    server.clock.advance(60)
-    assert not client.transport.aborted
+    assert client.status == 101
+    server.advance(60)
+    assert not client.aborted
     assert server.model.connection_count == 1
 
 
 def test_oversized_headers_get_400() -> None:
-    server = Server()
-    client = Client(server)
+    server = Harness()
+    client = server.open()
     status = client.request(headers={f"X-Pad-{i}": "a" * 1000 for i in range(17)})
     assert status == 400
-    assert client.transport.disconnecting
+    assert client.disconnecting
     assert server.model.connection_count == 0
 
 
 def test_one_endless_header_line_is_cut_off() -> None:
-    server = Server()
-    client = Client(server)
+    server = Harness()
+    client = server.open()
     client.feed(b"GET /?userId=alice HTTP/1.1\r\nX-Long: " + b"a" * 20000)
-    assert client.transport.disconnecting
+    assert client.disconnecting
 
 
 def test_headers_just_under_the_cap_are_fine() -> None:
-    server = Server()
+    server = Harness()
     assert server.connect(headers={"X-Pad": "a" * 15000}).status == 101
 
 
@@ -313,30 +323,30 @@ def test_headers_just_under_the_cap_are_fine() -> None:
 
 
 def test_deep_json_and_non_finite_numbers_get_errors() -> None:
-    server = Server()
+    server = Harness()
     client = server.connect()
-    client.messages()
+    client.read_messages()
     deep: Any = {}
     for _ in range(40):
         deep = {"a": deep}
     client.send({"type": "PRESENCE_UPDATE", "payload": {"status": "online", "metadata": deep}})
-    assert client.message()["code"] == "TOO_DEEP"
-    client.send_text(b'{"type":"HEARTBEAT","x":NaN}')
-    assert client.message()["code"] == "INVALID_JSON"
-    client.send_text(b"[" * 5000 + b"]" * 5000)
-    assert client.message()["code"] in ("INVALID_JSON", "TOO_DEEP")
+    assert client.read_message()["code"] == "TOO_DEEP"
+    client.send_frame(b'{"type":"HEARTBEAT","x":NaN}')
+    assert client.read_message()["code"] == "INVALID_JSON"
+    client.send_frame(b"[" * 5000 + b"]" * 5000)
+    assert client.read_message()["code"] in ("INVALID_JSON", "TOO_DEEP")
     big = {"blob": "x" * 5000}
     client.send({"type": "PRESENCE_UPDATE", "payload": {"status": "online", "metadata": big}})
-    assert client.message()["code"] == "METADATA_TOO_LARGE"
+    assert client.read_message()["code"] == "METADATA_TOO_LARGE"
     client.send({"type": "HEARTBEAT"})
-    assert client.message()["type"] == "HEARTBEAT_ACK"
+    assert client.read_message()["type"] == "HEARTBEAT_ACK"
 
 
 def test_compression_off_unless_asked() -> None:
     offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
-    off = Server().connect(headers=offer)
+    off = Harness().connect(headers=offer)
     assert b"permessage-deflate" not in off.response_headers.lower()
-    on = Server(compression=True).connect(headers=offer)
+    on = Harness(compression=True).connect(headers=offer)
     assert b"permessage-deflate" in on.response_headers.lower()
 
 
@@ -344,69 +354,70 @@ def test_compression_off_unless_asked() -> None:
 
 
 def test_a_client_that_does_not_read_is_disconnected() -> None:
-    server = Server(max_send_buffer=64 * 1024, rate_messages=10_000, rate_seconds=1)
+    server = Harness(max_send_buffer=64 * 1024, rate_messages=10_000, rate_seconds=1)
     watcher = server.connect("/?userId=watcher")
     watcher.send({"type": "SUBSCRIBE", "payload": {"userIds": ["alice"]}})
-    watcher.messages()
+    watcher.read_messages()
     alice = server.connect("/?userId=alice")
-    watcher.transport.stalled = True
+    watcher.stop_reading()
+    arrived = len(watcher.frames)
     for i in range(100):
         metadata = {"n": i, "pad": "x" * 3000}
         alice.send(
             {"type": "PRESENCE_UPDATE", "payload": {"status": "online", "metadata": metadata}}
         )
-    frames = watcher.frames()
-    assert frames[-1][0] == 8
+    assert len(watcher.frames) == arrived  # all of it is still in the server's send buffer
+    watcher.start_reading()
+    frames = watcher.read_frames()
+    assert frames[-1][0] == CLOSE
     assert watcher.close_code == 1008 and "not reading" in (watcher.close_reason or "")
     diffs = sum(1 for op, _ in frames if op == 1)
     assert diffs < 30  # stopped near 64 KiB, not after all 100
     assert server.error_count("slow_reader") == 1
     # alice, who reads, is fine.
-    alice.messages()
+    alice.read_messages()
     alice.send({"type": "HEARTBEAT"})
-    assert alice.message()["type"] == "HEARTBEAT_ACK"
+    assert alice.read_message()["type"] == "HEARTBEAT_ACK"
 
 
 # -- HTTP endpoints ------------------------------------------------------------------------
 
 
-def http_get(server: Server, path: str, headers: dict[str, str] | None = None) -> int:
-    client = Client(server)
-    lines = [f"GET {path} HTTP/1.1", "Host: x", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    client.feed(("\r\n".join(lines) + "\r\n\r\n").encode())
-    return client.read_status()
+def http_get(server: Harness, path: str, headers: dict[str, str] | None = None) -> int:
+    status = server.http(path, headers).status
+    assert status is not None
+    return status
 
 
 def test_presence_api_needs_the_api_token_when_auth_is_on() -> None:
     api = b"a" * 32
-    server = Server(auth="jwt", verifier=verifier_from_secret(SECRET), api_token=api)
+    server = Harness(auth="jwt", verifier=verifier_from_secret(SECRET), api_token=api)
     assert http_get(server, "/presence/alice") == 401
     assert http_get(server, "/presence?userIds=a,b", {"Authorization": "Bearer wrong"}) == 401
     assert http_get(server, "/presence/alice", {"Authorization": f"Bearer {api.decode()}"}) == 200
     assert http_get(server, "/health") == 200
     assert http_get(server, "/metrics") == 200
-    no_token = Server(auth="jwt", verifier=verifier_from_secret(SECRET))
+    no_token = Harness(auth="jwt", verifier=verifier_from_secret(SECRET))
     assert http_get(no_token, "/presence/alice", {"Authorization": "Bearer anything"}) == 401
-    assert http_get(Server(), "/presence/alice") == 200  # --auth none, no token file
+    assert http_get(Harness(), "/presence/alice") == 200  # --auth none, no token file
 
 
 def test_metrics_token() -> None:
-    server = Server(metrics_token=b"m" * 32)
+    server = Harness(metrics_token=b"m" * 32)
     assert http_get(server, "/metrics") == 401
     assert http_get(server, "/metrics", {"Authorization": "Bearer " + "m" * 32}) == 200
     assert http_get(server, "/health") == 200
 
 
 def test_pings_count_against_the_rate_limit() -> None:
-    server = Server(rate_messages=3, rate_seconds=10)
+    server = Harness(rate_messages=3, rate_seconds=10)
     client = server.connect()
-    client.messages()
+    client.read_messages()
     for _ in range(4):
-        client.feed(client_frame(b"hi", opcode=9))
-    assert [op for op, _ in client.frames()] == [10, 10, 10]  # the 4th gets no pong
+        client.feed(client_frame(b"hi", PING))
+    assert [op for op, _ in client.read_frames()] == [10, 10, 10]  # the 4th gets no pong
     for _ in range(6):
-        client.feed(client_frame(b"hi", opcode=9))
+        client.feed(client_frame(b"hi", PING))
     assert_refused(client, 1008, "rate limit exceeded")
 
 
@@ -414,9 +425,9 @@ def test_compressed_messages_are_bounded_after_inflation() -> None:
     import zlib
 
     offer = {"Sec-WebSocket-Extensions": "permessage-deflate"}
-    server = Server(compression=True, max_message_size=4096)
+    server = Harness(compression=True, max_message_size=4096)
     client = server.connect(headers=offer)
-    assert [op for op, _ in client.frames()] == [1]  # the (compressed) CONNECT
+    assert [op for op, _ in client.read_frames()] == [1]  # the (compressed) CONNECT
 
     def deflated(data: bytes) -> bytes:
         compressor = zlib.compressobj(wbits=-15)
@@ -425,11 +436,11 @@ def test_compressed_messages_are_bounded_after_inflation() -> None:
 
     small = deflated(b'{"type":"HEARTBEAT"}')
     client.feed(bytes([0xC1]) + client_frame(small)[1:])  # FIN + RSV1 + text
-    assert [op for op, _ in client.frames()] == [1]  # the (compressed) HEARTBEAT_ACK
+    assert [op for op, _ in client.read_frames()] == [1]  # the (compressed) HEARTBEAT_ACK
     bomb = deflated(b'{"type":"HEARTBEAT","pad":"' + b"a" * 1_000_000 + b'"}')
     assert len(bomb) < 4096
     client.feed(bytes([0xC1]) + client_frame(bomb)[1:])
-    client.frames()
+    client.read_frames()
     assert client.close_code == 1009
 
 

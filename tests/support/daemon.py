@@ -1,6 +1,8 @@
 """Runs the real `twistd presence` process on a free loopback port for end-to-end tests.
 
-This drives a real process, so waiting here is on real time (bounded, polled)."""
+This drives a real process, so waiting here is on real time: ``wait_until`` polls what the
+process shows (an answer, a metric, a log line) until a generous deadline. No test waits a
+fixed time for a server-side timer, and none asserts how long something took."""
 
 from __future__ import annotations
 
@@ -14,11 +16,28 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "",
+) -> None:
+    """Poll ``predicate`` until it is true; fail (AssertionError) once ``timeout`` seconds
+    have passed. The timeout is a bound on a wait, never a measurement."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            detail = message() if callable(message) else message
+            raise AssertionError(f"condition not met within {timeout}s {detail}".rstrip())
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -68,17 +87,24 @@ class Daemon:
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"presence exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                self.get("/health")
-                return self
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"presence did not answer /health in {timeout}s:\n{self.log()}")
+        try:
+            wait_until(self._answers, timeout)
+        except AssertionError:
+            self.stop()
+            raise RuntimeError(
+                f"presence did not answer /health in {timeout}s:\n{self.log()}"
+            ) from None
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"presence exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            self.get("/health")
+        except (OSError, urllib.error.URLError):
+            return False
+        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -14,10 +14,15 @@
 -- Channel P..'ch:'..uid carries "version\nstatus\nconnections\nlastSeen\nmetadata".
 local P = 'presence:'
 
+-- A connection's record (P..'uc:'..uid): status, metadata sequence, metadata JSON.
 local function split3(rec)
   local a = string.find(rec, '\t', 1, true)
   local b = string.find(rec, '\t', a + 1, true)
   return string.sub(rec, 1, a - 1), tonumber(string.sub(rec, a + 1, b - 1)), string.sub(rec, b + 1)
+end
+
+local function join3(st, q, md)
+  return st .. '\t' .. q .. '\t' .. md
 end
 
 local function stamp(x)
@@ -29,6 +34,20 @@ local function publish(uid, v, st, lc, ls, md)
     v .. '\n' .. st .. '\n' .. lc .. '\n' .. ls .. '\n' .. md)
 end
 
+-- A user's presence ends: offline, no metadata, lastSeen at (a time string), no longer
+-- present or in the grace; the record stays for the lastSeen TTL. Bumps the version and
+-- publishes the offline. Returns the new version.
+local function go_offline(uid, at, ttl)
+  local ukey = P .. 'u:' .. uid
+  redis.call('HSET', ukey, 'st', 'offline', 'md', '{}', 'ls', at, 'lc', 0)
+  redis.call('HDEL', ukey, 'g', 'ea')
+  redis.call('SREM', P .. 'present', uid)
+  redis.call('EXPIRE', ukey, ttl)
+  local v = redis.call('HINCRBY', ukey, 'v', 1)
+  publish(uid, v, 'offline', 0, at, '{}')
+  return v
+end
+
 -- Recompute a user's aggregate after their connections changed, atomically.
 -- ending: nil, or {at = 'time string', clean = bool, grace = seconds} when a connection ended.
 -- Publishes (and bumps the version) only when what a watcher sees changed. Returns 1 if so.
@@ -37,23 +56,7 @@ local function settle(uid, now, ttl, ending)
   local recs = redis.call('HVALS', P .. 'uc:' .. uid)
   local old = redis.call('HMGET', ukey, 'st', 'md', 'ls', 'g')
   local ost, omd, ols, og = old[1] or 'offline', old[2] or '{}', old[3] or '', old[4]
-  local st, md, ls, lc
-  if #recs > 0 then
-    local busy, online, best = false, false, 0
-    md = '{}'
-    for i = 1, #recs do
-      local s, q, m = split3(recs[i])
-      if s == 'busy' then busy = true elseif s == 'online' then online = true end
-      if q > best then best = q; md = m end
-    end
-    st = busy and 'busy' or (online and 'online' or 'away')
-    ls, lc = '', #recs
-    if og then redis.call('ZREM', P .. 'grace', uid) end  -- back within the grace
-    redis.call('HSET', ukey, 'st', st, 'md', md, 'ls', '', 'lc', lc)
-    redis.call('HDEL', ukey, 'g', 'ea')
-    redis.call('PERSIST', ukey)
-    redis.call('SADD', P .. 'present', uid)
-  else
+  if #recs == 0 then
     if ost == 'offline' or og then return 0 end
     local at = ending and ending.at or stamp(now)
     if ending and not ending.clean and ending.grace > 0 and tonumber(at) + ending.grace > now then
@@ -61,15 +64,23 @@ local function settle(uid, now, ttl, ending)
       redis.call('ZADD', P .. 'grace', stamp(tonumber(at) + ending.grace), uid)
       return 0
     end
-    st, md, ls, lc = 'offline', '{}', at, 0
-    redis.call('SREM', P .. 'present', uid)
-    redis.call('HSET', ukey, 'st', st, 'md', md, 'ls', ls, 'lc', 0)
-    redis.call('HDEL', ukey, 'g', 'ea')
-    redis.call('EXPIRE', ukey, ttl)
+    go_offline(uid, at, ttl)  -- visible: the user was not offline
+    return 1
   end
-  if st == ost and md == omd and ls == ols then return 0 end
-  local v = redis.call('HINCRBY', ukey, 'v', 1)
-  publish(uid, v, st, lc, ls, md)
+  local busy, online, best, md = false, false, 0, '{}'
+  for i = 1, #recs do
+    local s, q, m = split3(recs[i])
+    if s == 'busy' then busy = true elseif s == 'online' then online = true end
+    if q > best then best = q; md = m end
+  end
+  local st, lc = busy and 'busy' or (online and 'online' or 'away'), #recs
+  if og then redis.call('ZREM', P .. 'grace', uid) end  -- back within the grace
+  redis.call('HSET', ukey, 'st', st, 'md', md, 'ls', '', 'lc', lc)
+  redis.call('HDEL', ukey, 'g', 'ea')
+  redis.call('PERSIST', ukey)
+  redis.call('SADD', P .. 'present', uid)
+  if st == ost and md == omd and ols == '' then return 0 end
+  publish(uid, redis.call('HINCRBY', ukey, 'v', 1), st, lc, '', md)
   return 1
 end
 

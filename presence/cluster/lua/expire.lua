@@ -7,12 +7,7 @@ for i = 1, #due do
   redis.call('ZREM', P .. 'grace', uid)
   local ukey = P .. 'u:' .. uid
   if redis.call('HLEN', P .. 'uc:' .. uid) == 0 and redis.call('HGET', ukey, 'g') then
-    local at = redis.call('HGET', ukey, 'ea') or ARGV[1]
-    redis.call('HSET', ukey, 'st', 'offline', 'md', '{}', 'ls', at, 'lc', 0)
-    redis.call('HDEL', ukey, 'g', 'ea')
-    redis.call('SREM', P .. 'present', uid)
-    redis.call('EXPIRE', ukey, ARGV[2])
-    publish(uid, redis.call('HINCRBY', ukey, 'v', 1), 'offline', 0, at, '{}')
+    go_offline(uid, redis.call('HGET', ukey, 'ea') or ARGV[1], ARGV[2])
     n = n + 1
   end
 end

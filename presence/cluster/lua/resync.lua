@@ -2,7 +2,8 @@
 -- ended by another node. Its connections in Redis become exactly the live ones given here.
 -- ARGV: node, now, ttl, grace, ttlMs, n, then n times (conn, uid, status, metadata or ''),
 -- then quads (conn, uid, endedAt, clean '1'/'0') for connections that ended while Redis was
--- away. Returns {n, 1 if Redis had no presence data (first start, or it lost its data)}.
+-- away, in the order they ended. Returns {n, 1 if Redis had no presence data (first start,
+-- or it lost its data)}.
 local node, now, ttl, grace = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local nkey = P .. 'nc:' .. node
 local live, touched, endings = {}, {}, {}
@@ -25,13 +26,26 @@ for _ = 1, n do
   else
     md = '{}'
   end
-  redis.call('HSET', key, conn, st .. '\t' .. q .. '\t' .. md)
+  redis.call('HSET', key, conn, join3(st, q, md))
   redis.call('HSET', nkey, conn, uid)
 end
-local ended = {}
+-- A user whose connections here are gone ended with the one that ended last (ones Redis
+-- never knew, opened while it was away, included): the latest endedAt, of equal ones the
+-- one given last. A connection Redis has that is given neither live nor ended (its close
+-- never reached Redis) ended now, uncleanly.
+local ended, k = {}, 0
 while i <= #ARGV do
-  ended[ARGV[i]] = {uid = ARGV[i + 1], at = ARGV[i + 2], clean = ARGV[i + 3] == '1', grace = grace}
+  k = k + 1
+  ended[ARGV[i]] = {uid = ARGV[i + 1], at = ARGV[i + 2], clean = ARGV[i + 3] == '1',
+    grace = grace, k = k}
   i = i + 4
+end
+local vanished = {at = ARGV[2], clean = false, grace = grace, k = math.huge}
+local function last(a, b)
+  if not b then return a end
+  local ta, tb = tonumber(a.at), tonumber(b.at)
+  if ta > tb or (ta == tb and a.k > b.k) then return a end
+  return b
 end
 local old = redis.call('HGETALL', nkey)
 for j = 1, #old, 2 do
@@ -39,19 +53,24 @@ for j = 1, #old, 2 do
   if not live[conn] then
     redis.call('HDEL', P .. 'uc:' .. uid, conn)
     redis.call('HDEL', nkey, conn)
-    endings[uid] = ended[conn] or {at = ARGV[2], clean = false, grace = grace}
     touched[uid] = true
-    ended[conn] = nil
+    if not ended[conn] then endings[uid] = last(vanished, endings[uid]) end
+  end
+end
+local unknown = {}
+for _, e in pairs(ended) do
+  if touched[e.uid] then
+    endings[e.uid] = last(e, endings[e.uid])
+  else
+    unknown[e.uid] = last(e, unknown[e.uid])
   end
 end
 -- Ended meanwhile and the user unknown to Redis (it lost its data): keep their lastSeen.
 -- (A user Redis still knows was already ended, e.g. by the node clean-up: nothing to add.)
-for _, e in pairs(ended) do
-  local ukey = P .. 'u:' .. e.uid
-  if redis.call('EXISTS', ukey) == 0 and redis.call('HLEN', P .. 'uc:' .. e.uid) == 0 then
-    redis.call('HSET', ukey, 'st', 'offline', 'md', '{}', 'ls', e.at, 'lc', 0)
-    redis.call('EXPIRE', ukey, ttl)
-    publish(e.uid, redis.call('HINCRBY', ukey, 'v', 1), 'offline', 0, e.at, '{}')
+for uid, e in pairs(unknown) do
+  local ukey = P .. 'u:' .. uid
+  if redis.call('EXISTS', ukey) == 0 and redis.call('HLEN', P .. 'uc:' .. uid) == 0 then
+    go_offline(uid, e.at, ttl)
   end
 end
 local fresh = redis.call('SETNX', P .. 'epoch', ARGV[2])

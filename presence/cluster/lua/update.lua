@@ -9,5 +9,5 @@ if ARGV[5] == '1' then
   q = redis.call('HINCRBY', P .. 'u:' .. uid, 'ms', 1)
   m = ARGV[6]
 end
-redis.call('HSET', key, conn, ARGV[4] .. '\t' .. q .. '\t' .. m)
+redis.call('HSET', key, conn, join3(ARGV[4], q, m))
 return settle(uid, tonumber(ARGV[7]), ARGV[8], nil)
