@@ -7,7 +7,7 @@ atomically, by Lua scripts (``store``), which PUBLISH a versioned diff on the us
 channel when what a watcher sees changed.
 
 This is a facade over its parts: ``watches`` (per-user versions, the order watchers see),
-``writes`` (changes on their way to Redis), ``registration``
+``writes`` (changes on their way to Redis, CONNECT as the commit point), ``registration``
 (re-registering, liveness, and the actions of the link's state machine, ``machine``),
 ``store`` (the atomic steps) and ``link`` (the Redis connections). Whether a change goes
 to Redis or is served from this node alone is the machine's current phase.
@@ -29,7 +29,6 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..core import policy
 from ..core.model import Connection, Peer, PresenceModel, UserView
 from ..hub import Figures
 from .link import RedisLink, RedisUnavailable
@@ -75,7 +74,9 @@ class ClusterHub(Service):
             self._resync_needed,
             max_connections_per_user,
         )
-        self._life = Registration(model, config, clock, link, store, self._watches, errors, metrics)
+        self._life = Registration(
+            model, config, clock, link, store, self._watches, self._writes, errors, metrics
+        )
         link.on_message = self._watches.message
 
     @property
@@ -111,24 +112,9 @@ class ClusterHub(Service):
     def open(
         self, connection_id: str, user_id: str, peer: Peer, now: float
     ) -> defer.Deferred[Connection]:
-        conn, changes = self._model.open(connection_id, user_id, peer, now)
-        rank: defer.Deferred[int]
         if self._life.phase.writable:
-            rank = self._writes.open(conn, now)
-        else:
-            self._watches.deliver_local(changes)
-            rank = defer.succeed(self._model.connections_of(user_id))
-        cap = self.max_connections_per_user
-        if not cap:
-            return defer.succeed(conn)
-
-        def ranked(rank: int) -> Connection:
-            if policy.over_user_cap(rank, cap):
-                self.close(conn, self.clock.seconds(), clean=True)
-                raise policy.OverCapacity("too many connections for this user")
-            return conn
-
-        return rank.addCallback(ranked)
+            return self._writes.open(connection_id, user_id, peer, now)
+        return self._writes.open_locally(connection_id, user_id, peer, now)
 
     def update(
         self, conn: Connection, status: str, metadata: Mapping[str, Any] | None, now: float

@@ -34,6 +34,7 @@ from .metrics import ClusterMetrics
 from .options import ClusterConfig
 from .store import Ended, Live, Store, Sweep
 from .watches import Watches
+from .writes import Writes
 
 log = Logger()
 
@@ -51,6 +52,7 @@ class Registration:
         link: RedisLink,
         store: Store,
         watches: Watches,
+        writes: Writes,
         errors: Callable[[Failure, str], None],
         metrics: ClusterMetrics | None = None,
     ) -> None:
@@ -62,6 +64,7 @@ class Registration:
         self._watches = watches
         self._errors = errors
         self._metrics = metrics
+        self._writes = writes
         self.phase: Phase = STOPPED
         self.machine: Inputs = LinkMachine(self)
         self.beat_interval = min(1.0, config.node_timeout / 4)
@@ -123,6 +126,7 @@ class Registration:
         for conn in sorted(self._model.all_connections(), key=lambda c: c.metadata_seq):
             metadata = orjson.dumps(conn.metadata).decode() if conn.metadata_seq else ""
             live.append((conn.id, conn.user_id, conn.status, metadata))
+        live.extend(self._writes.openings())
         ended: list[Ended] = [(cid, u, at, clean) for cid, (u, at, clean) in self._ended.items()]
 
         @defer.inlineCallbacks
@@ -174,13 +178,14 @@ class Registration:
         )
 
     def go_local(self) -> None:
-        """Off Redis: serve from this node's model."""
+        """Off Redis: serve from this node's model; count waiting opens here."""
         if self._metrics:
             self._metrics.redis_up.set(0)
             self._metrics.redis_errors.inc()
         self._round += 1
         self._cancel_peers()
         self._watches.settle_locally()
+        self._writes.open_pending_locally()
 
     def halt(self) -> None:
         self._round += 1
@@ -189,6 +194,7 @@ class Registration:
                 call.cancel()
         if self._beat is not None and self._beat.running:
             self._beat.stop()
+        self._writes.open_pending_locally()
 
     def leave(self) -> None:
         d = self._store.leave(self._clock.seconds())

@@ -19,7 +19,7 @@ from ..core.model import OFFLINE, UserView
 from .link import RedisUnavailable
 from .options import RedisURL
 
-__all__ = ["CHANNEL_PREFIX", "RedisURL", "RedisUnavailable", "Store", "Sweep"]
+__all__ = ["CHANNEL_PREFIX", "REFUSED", "RedisURL", "RedisUnavailable", "Store", "Sweep"]
 
 PREFIX = "presence:"
 CHANNEL_PREFIX = PREFIX + "ch:"
@@ -34,6 +34,7 @@ SCRIPTS = (
     "resync",
     "leave",
 )
+REFUSED = -1  # open: the user is at the cap; nothing was registered
 
 
 def channel(user_id: str) -> str:
@@ -100,9 +101,11 @@ class Store:
     def _run(self, name: str, args: Sequence[Any]) -> defer.Deferred[Any]:
         return self.link.eval(_SCRIPT_TEXT[name], args)
 
-    def open(self, connection_id: str, user_id: str, now: float) -> defer.Deferred[int]:
-        """The user's connection count with this one."""
-        args = [self.node, connection_id, user_id, stamp(now), self.ttl]
+    def open(
+        self, connection_id: str, user_id: str, now: float, cap: int = 0
+    ) -> defer.Deferred[int]:
+        """The user's connection count with this one, or ``REFUSED`` (over ``cap``)."""
+        args = [self.node, connection_id, user_id, stamp(now), self.ttl, cap]
         return self._run("open", args).addCallback(int)
 
     def update(

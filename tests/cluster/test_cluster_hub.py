@@ -1,12 +1,14 @@
 """ClusterHub on in-memory fakes of its link and store, on a task.Clock: the order watchers
 see (snapshot after subscribe, buffered diffs, nothing at or below the known version, no
-diff before a watcher's PRESENCE_STATE), and local presence while Redis is away."""
+diff before a watcher's PRESENCE_STATE), CONNECT as the commit point, and local presence
+while Redis is away."""
 
 from __future__ import annotations
 
 from twisted.python.failure import Failure
 
-from presence.cluster.store import Sweep, channel
+from presence.cluster.store import REFUSED, Sweep, channel
+from presence.core import policy
 from presence.core.model import Connection
 from tests.cluster.fakes import Node, Peer, make_node, opened, view
 
@@ -91,6 +93,66 @@ def test_last_local_watcher_gone_unsubscribes() -> None:
     node.hub.close(conn, 1, clean=True)
     assert node.link.unsubscribed == [channel("x"), channel("y")]
     node.link.publish("y", 9, "busy")  # no longer watched: nobody to tell
+
+
+# -- CONNECT as the commit point -------------------------------------------------------
+
+
+def test_connect_waits_until_redis_counted_the_connection() -> None:
+    node = make_node(cap=3)
+    node.store.held.add("open")
+    d = node.hub.open("c1", "u", Peer(), 0)
+    assert not d.called and node.model.connection("c1") is None
+    call = node.store.pending("open")
+    assert call.args == ("c1", "u", 0, 3)  # the cap is checked in Redis, atomically
+    call.answer(3)  # two more on other nodes: at the cap, not over it
+    conn = opened(d)
+    assert node.model.connection("c1") is conn
+
+
+def test_a_connection_over_the_cluster_cap_never_opens() -> None:
+    node = make_node(cap=2)
+    node.store.answers["open"] = REFUSED
+    result = opened(node.hub.open("c1", "u", Peer(), 0))
+    assert isinstance(result, Failure) and result.check(policy.OverCapacity)
+    assert node.model.connection("c1") is None and node.model.connections_of("u") == 0
+    assert not node.store.named("close")  # nothing was registered: nothing to take back
+
+
+def test_redis_away_before_it_counted_a_connection_counts_it_locally() -> None:
+    node = make_node(cap=2)
+    watcher = Peer()
+    w = connect(node, "w1", "w", watcher)
+    node.hub.subscribe(w, ["u"], 0)
+    connect(node, "c1", "u")
+    watcher.take()
+    node.store.held.add("open")
+    second = node.hub.open("c2", "u", Peer(), 1)
+    third = node.hub.open("c3", "u", Peer(), 1)
+    node.link.lose()
+    assert isinstance(opened(second), Connection)  # this node's count: 2, the cap
+    refused = opened(third)
+    assert isinstance(refused, Failure) and refused.check(policy.OverCapacity)
+    assert node.model.connections_of("u") == 2
+    node.store.pending("open").fail(ConnectionError("lost"))  # late: changes nothing
+    assert node.model.connections_of("u") == 2
+    assert watcher.take() == []  # u was online already: no diff for a count
+
+
+def test_a_re_registration_counts_waiting_openings_and_takes_back_refused_ones() -> None:
+    node = make_node(cap=1)
+    node.store.held.add("open")
+    accepted = node.hub.open("c1", "u", Peer(), 0)
+    refused = node.hub.open("c2", "v", Peer(), 0)
+    node.store.answers["heartbeat"] = True  # another node took this one for dead
+    node.clock.advance(node.hub.beat_interval)
+    live = node.store.named("resync")[-1].args[2]
+    assert ("c1", "u", "online", "") in live and ("c2", "v", "online", "") in live
+    node.store.pending("open").answer(1)
+    node.store.pending("open").answer(REFUSED)  # refused before the resync registered it
+    assert isinstance(opened(accepted), Connection)
+    assert isinstance(opened(refused), Failure)
+    assert [c.args[:2] for c in node.store.named("close")] == [("c2", "v")]
 
 
 # -- Redis away ------------------------------------------------------------------------
