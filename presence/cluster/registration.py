@@ -178,13 +178,18 @@ class Registration:
         )
 
     def go_local(self) -> None:
-        """Off Redis: serve from this node's model; count waiting opens here."""
+        """Off Redis: serve from this node's model; tell local watchers what this node
+        alone sees of users whose changes Redis never answered (and end its unanswered
+        closes on the next registration); count waiting opens here."""
         if self._metrics:
             self._metrics.redis_up.set(0)
             self._metrics.redis_errors.inc()
         self._round += 1
         self._cancel_peers()
         self._watches.settle_locally()
+        unanswered = self._writes.take_unanswered()
+        self._ended.update(unanswered.closed)
+        self._watches.deliver_views(unanswered.users)
         self._writes.open_pending_locally()
 
     def halt(self) -> None:
@@ -194,6 +199,7 @@ class Registration:
                 call.cancel()
         if self._beat is not None and self._beat.running:
             self._beat.stop()
+        self._writes.take_unanswered()  # nothing to deliver, nor to drop the link for
         self._writes.open_pending_locally()
 
     def leave(self) -> None:

@@ -38,6 +38,18 @@ log = Logger()
 Snapshot = Mapping[str, tuple[int, UserView]]
 
 
+def looks_like(view: UserView, other: UserView) -> bool:
+    """``UserView.looks_like``, with times as Redis keeps them, to the millisecond: this
+    node's own view of a user (off Redis) and Redis's view of the same change agree."""
+    if view.last_seen is None or other.last_seen is None:
+        return view.looks_like(other)
+    return (
+        view.status == other.status
+        and abs(view.last_seen - other.last_seen) < 0.001
+        and view.metadata == other.metadata
+    )
+
+
 @dataclass(eq=False)
 class _Watch:
     """What this node last delivered of one watched user."""
@@ -198,12 +210,18 @@ class Watches:
         for change in changes:
             self._deliver_view(change.user_id, change.view)
 
+    def deliver_views(self, user_ids: Iterable[str]) -> None:
+        """These users as this node alone sees them, where that is not what their watchers
+        were last told (their changes went to a Redis that is gone)."""
+        for user_id in user_ids:
+            self._deliver_view(user_id, self._model.view(user_id))
+
     def _deliver_view(self, user_id: str, view: UserView) -> None:
         watch = self._watch.get(user_id)
         if watch is None or watch.pending:
             return
         previous, watch.view = watch.view, view
-        if previous is None or not view.looks_like(previous):
+        if previous is None or not looks_like(view, previous):
             self._send_diff(user_id, view)
 
     def _apply_snapshot(self, user_ids: Iterable[str], snapshot: Snapshot, deliver: bool) -> None:
@@ -221,7 +239,7 @@ class Watches:
         """A snapshot read after subscribing: take it, then the newer buffered diffs."""
         previous = watch.view
         watch.version, watch.view = version, view
-        if deliver and previous is not None and not view.looks_like(previous):
+        if deliver and previous is not None and not looks_like(view, previous):
             self._send_diff(user_id, view)
         buffered, watch.buffer = watch.buffer, []
         watch.pending = False
@@ -248,7 +266,7 @@ class Watches:
             return  # already in the snapshot, or already delivered
         watch.version = version
         previous, watch.view = watch.view, view
-        if previous is None or not view.looks_like(previous):
+        if previous is None or not looks_like(view, previous):
             self._send_diff(user_id, view)
 
     def _try_finish(self, request: _StateRequest) -> None:

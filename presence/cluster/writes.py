@@ -7,14 +7,17 @@ protocol sends CONNECT. If the node goes off Redis before the answer, the connec
 counts on this node alone and the local count decides the cap (``open_pending_locally``).
 
 Everything else (update, close, grace expiry) the hub applies to the model at once and
-writes here. A write that fails leaves the node not knowing whether Redis applied it, so
-the link is dropped: reconnecting re-registers everything.
+writes here. Until Redis answers, the users it changed are unconfirmed: if the link goes
+first, the change may never have reached Redis and nobody would publish it, so
+``take_unanswered`` hands those users to the node, which tells its own watchers what it
+alone sees of them, as for any change made while Redis is away; and the closes among
+them, for the next registration to end with the time and cleanliness they closed with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -44,6 +47,14 @@ class _Opening:
     counted: bool = False  # a re-registration sent meanwhile registered it as well
 
 
+@dataclass
+class Unanswered:
+    """What Redis never answered when the link went."""
+
+    users: list[str] = field(default_factory=list)  # their changes
+    closed: dict[str, tuple[str, float, bool]] = field(default_factory=dict)  # id -> end
+
+
 class Writes:
     def __init__(
         self,
@@ -65,7 +76,11 @@ class Writes:
         self._resync_needed = resync_needed
         self.cap = max_connections_per_user
         self._openings: dict[str, _Opening] = {}
+        self._unconfirmed: dict[str, int] = {}  # userId -> writes Redis has not answered
+        self._closing: dict[str, tuple[str, float, bool]] = {}  # unanswered closes
+        self._epoch = 0  # one per stretch on one link: answers from an older one are stale
         self._expiry: defer.Deferred[Any] | None = None
+        self._expiring: list[str] = []  # the users the expiry in flight answers for
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -74,8 +89,14 @@ class Writes:
     ) -> defer.Deferred[Connection]:
         opening = _Opening(connection_id, user_id, peer, defer.Deferred())
         self._openings[connection_id] = opening
+        epoch = self._epoch
         d = self._store.open(connection_id, user_id, now, self.cap)
-        d.addCallbacks(self._counted, self._failed, callbackArgs=(opening,), errbackArgs=("open",))
+        d.addCallbacks(
+            self._counted,
+            self._failed,
+            callbackArgs=(opening,),
+            errbackArgs=("open", epoch),
+        )
         return opening.deferred
 
     def open_locally(
@@ -104,7 +125,7 @@ class Writes:
 
     def close_registered(self, connection_id: str, user_id: str) -> None:
         d = self._store.close(connection_id, user_id, self._clock.seconds(), True)
-        d.addErrback(self._failed, "close")
+        d.addErrback(self._failed, "close", self._epoch)
 
     def openings(self) -> list[Live]:
         """The connections still waiting for Redis, for a re-registration to include
@@ -133,18 +154,28 @@ class Writes:
         changes: Sequence[Change],
     ) -> None:
         d = self._store.update(conn.id, conn.user_id, status, metadata, now)
-        d.addCallbacks(self._updated, self._failed, errbackArgs=("update",))
+        self._track(d, changes, "update").addCallback(self._updated)
 
     def close(self, conn: Connection, now: float, clean: bool, changes: Sequence[Change]) -> None:
-        d = self._store.close(conn.id, conn.user_id, now, clean)
-        d.addErrback(self._failed, "close")
+        self._closing[conn.id] = (conn.user_id, now, clean)
+        epoch = self._epoch
+
+        def answered(result: Any) -> Any:
+            if epoch == self._epoch:
+                self._closing.pop(conn.id, None)
+            return result
+
+        d = self._store.close(conn.id, conn.user_id, now, clean).addCallback(answered)
+        self._track(d, changes, "close")
 
     def expire(self, now: float, changes: Sequence[Change]) -> None:
-        """Grace deadlines that passed, cluster-wide: one expiry in flight at a time."""
+        """Grace deadlines that passed, cluster-wide: one expiry in flight at a time (the
+        users a skipped tick ended locally wait for the answer to the one in flight)."""
         if self._expiry is not None:
+            self._count(self._expiring, [change.user_id for change in changes])
             return
-        d = self._expiry = self._store.expire(now)
-        d.addErrback(self._failed, "expire")
+        self._expiring = []
+        d = self._expiry = self._track(self._store.expire(now), changes, "expire", self._expiring)
 
         def done(result: Any) -> Any:
             if self._expiry is d:
@@ -158,7 +189,48 @@ class Writes:
             log.warn("redis did not know a connection of this node: re-registering")
             self._resync_needed()
 
-    def _failed(self, failure: Failure, what: str) -> None:
+    def take_unanswered(self) -> Unanswered:
+        """Off Redis: what Redis never answered; answers still to come belong to a link
+        that is gone."""
+        unanswered = Unanswered(list(self._unconfirmed), self._closing)
+        self._unconfirmed, self._closing = {}, {}
+        self._epoch += 1
+        return unanswered
+
+    def _count(self, users: list[str], more: Iterable[str]) -> None:
+        for user_id in more:
+            users.append(user_id)
+            self._unconfirmed[user_id] = self._unconfirmed.get(user_id, 0) + 1
+
+    def _track(
+        self,
+        d: defer.Deferred[Any],
+        changes: Iterable[Change],
+        what: str,
+        users: list[str] | None = None,
+    ) -> defer.Deferred[Any]:
+        """Until ``d`` answers, the users of ``changes`` (and any added to ``users``
+        meanwhile) are unconfirmed; if it fails, the link is dropped."""
+        users = [] if users is None else users
+        self._count(users, (change.user_id for change in changes))
+        unconfirmed = self._unconfirmed
+        epoch = self._epoch
+
+        def answered(result: Any) -> Any:
+            if epoch == self._epoch:
+                for user_id in users:
+                    left = unconfirmed[user_id] - 1
+                    if left:
+                        unconfirmed[user_id] = left
+                    else:
+                        del unconfirmed[user_id]
+            return result
+
+        d.addCallbacks(answered, self._failed, errbackArgs=(what, epoch))
+        return d
+
+    def _failed(self, failure: Failure, what: str, epoch: int) -> None:
         self._errors(failure, what)
-        # Not knowing whether it was applied, drop the link: reconnecting re-registers.
-        self._link.abort(f"{what} failed: {failure.getErrorMessage()}")
+        if epoch == self._epoch:
+            # Not knowing whether it was applied, drop the link: reconnecting re-registers.
+            self._link.abort(f"{what} failed: {failure.getErrorMessage()}")

@@ -1,7 +1,7 @@
 """ClusterHub on in-memory fakes of its link and store, on a task.Clock: the order watchers
 see (snapshot after subscribe, buffered diffs, nothing at or below the known version, no
 diff before a watcher's PRESENCE_STATE), CONNECT as the commit point, and local presence
-while Redis is away."""
+while Redis is away, including what Redis never answered when it went."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.python.failure import Failure
 
 from presence.cluster.store import REFUSED, Sweep, channel
 from presence.core import policy
-from presence.core.model import Connection
+from presence.core.model import Connection, UserView
 from tests.cluster.fakes import Node, Peer, make_node, opened, view
 
 
@@ -179,6 +179,37 @@ def test_redis_away_local_presence_then_one_diff_per_real_change_on_resync() -> 
     assert [c[0] for c in live] == ["c1", "c2"]
     assert watcher.take() == [("DIFF", "far", "online", "1")]  # x: already told
     assert node.hub.health_problem() is None
+
+
+def test_a_local_change_redis_never_answered_reaches_local_watchers_when_it_goes() -> None:
+    node = make_node()
+    watcher = Peer()
+    w = connect(node, "w1", "w", watcher)
+    x = connect(node, "c1", "x")
+    y = connect(node, "c2", "y")
+    node.store.views = {"x": (1, view("online")), "y": (1, view("online"))}
+    node.hub.subscribe(w, ["x", "y"], 0)
+    watcher.take()
+    node.hub.update(y, "busy", None, 1)  # answered, and published by Redis
+    node.link.publish("y", 2, "busy")
+    assert watcher.take() == [("DIFF", "y", "busy", "1")]
+    node.store.held.update({"update", "close"})
+    node.hub.update(x, "away", {"m": 1}, 2)  # Redis hangs: never answered
+    node.hub.close(y, 3, clean=True)
+    assert watcher.take() == []  # on a healthy link the diffs come from Redis
+    node.link.abort("no reply to a script within 0.5s")
+    assert watcher.take() == [("DIFF", "x", "away", "1"), ("DIFF", "y", "offline", "0")]
+    node.store.pending("update").fail(ConnectionError("lost"))  # late: drops nothing
+    assert node.hub.phase == "away" and watcher.take() == []
+    node.clock.advance(0.5)
+    node.store.views = {
+        "x": (3, UserView("away", {"m": 1}, None, 1)),
+        "y": (3, view("offline", 0, 3.0)),
+    }
+    node.link.accept()
+    ended = node.store.named("resync")[-1].args[3]
+    assert ended == [("c2", "y", 3, True)]  # the close Redis never answered, as it was
+    assert watcher.take() == []  # told already
 
 
 def test_closes_while_away_are_ended_on_reconnect_with_their_time() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.support.cluster_client import (
     await_until,
     presence,
     start_node,
+    wait_health,
 )
 from tests.support.daemon import Daemon
 from tests.support.redis_fixture import RedisServer, TcpProxy, needs_redis
@@ -47,6 +49,45 @@ async def drain(client: Client, seconds: float) -> list[dict[str, Any]]:
             got.append(await client.next(timeout=seconds))
         except TimeoutError:
             return got
+
+
+def test_local_changes_reach_local_watchers_while_redis_hangs(
+    start_daemon: Start, redis_server: RedisServer, tcp_proxy: Proxy
+) -> None:
+    proxy = tcp_proxy(redis_server.port)
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    node_timeout = 1.5
+    bound = detection_time(url, node_timeout) + 1.0
+    a = start_node(start_daemon, url, node_timeout=node_timeout)
+
+    async def flow() -> None:
+        alice = await Client.connect(a, "alice")
+        carl = await Client.connect(a, "carl")
+        lou = await Client.connect(a, "lou")
+        state = await lou.subscribe("alice", "carl")
+        assert state["alice"]["status"] == state["carl"]["status"] == "online"
+
+        proxy.pause()  # a hung primary: the writes below are never answered
+        sent = time.monotonic()
+        await alice.update("busy", {"at": "a"})
+        await carl.disconnect()
+        got = {}
+        while len(got) < 2:
+            diff = await lou.diff(timeout=10)
+            got[diff["userId"]] = diff
+        took = time.monotonic() - sent
+        assert (got["alice"]["status"], got["alice"]["metadata"]) == ("busy", {"at": "a"})
+        assert got["carl"]["status"] == "offline"
+        assert took <= bound, f"local watchers waited {took:.2f}s for a local change"
+        assert "redis" in wait_health(a, 503)["reason"]
+
+        proxy.resume()
+        wait_health(a, 200, timeout=15)
+        await lou.quiet(0.5)  # told once, not again after re-registering
+        users = presence(a, "alice", "carl")
+        assert users["alice"]["status"] == "busy" and users["carl"]["status"] == "offline"
+
+    asyncio.run(run(flow))
 
 
 @pytest.mark.parametrize("cap", ["0", "16"])
