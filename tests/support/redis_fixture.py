@@ -224,8 +224,7 @@ class TcpProxy:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
-    # DEBUG SLEEP lets a test make Redis slow (loopback only, as always).
-    server = RedisServer(tmp_path, None, "--enable-debug-command", "local").start()
+    server = RedisServer(tmp_path).start()
     yield server
     server.stop()
 
