@@ -9,7 +9,7 @@ from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.logger import Logger
 
-from .cluster.hub import ClusterHub
+from .cluster.hub import ClusterHub, build_cluster_hub
 from .cluster.metrics import ClusterMetrics
 from .config import Config
 from .core.model import PresenceModel
@@ -35,7 +35,7 @@ class Daemon(MultiService):
         self.metrics = Metrics()
         self.hub: LocalHub | ClusterHub
         if config.cluster is not None:
-            self.hub = ClusterHub(
+            self.hub = build_cluster_hub(
                 self.model,
                 config.cluster,
                 reactor,

@@ -1,8 +1,15 @@
-"""The cluster's Prometheus families, in the daemon's own registry (only with --redis)."""
+"""The cluster's Prometheus families, in the daemon's own registry (only with --redis), and
+the one place failed Redis operations are counted and logged."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .link import RedisUnavailable
+
+log = Logger()
 
 
 class ClusterMetrics:
@@ -25,3 +32,16 @@ class ClusterMetrics:
             "Dead nodes whose connections this node ended.",
             registry=registry,
         )
+
+
+class Errors:
+    """Failed Redis operations: counted, and logged unless Redis was simply unreachable."""
+
+    def __init__(self, metrics: ClusterMetrics | None) -> None:
+        self.metrics = metrics
+
+    def __call__(self, failure: Failure, what: str) -> None:
+        if self.metrics:
+            self.metrics.redis_errors.inc()
+        if not failure.check(RedisUnavailable):
+            log.warn("redis {what} failed: {error}", what=what, error=failure.getErrorMessage())

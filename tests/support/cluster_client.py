@@ -55,6 +55,34 @@ def wait_health(daemon: Daemon, status: int, timeout: float = 10.0) -> dict[str,
         time.sleep(0.05)
 
 
+def wait_until(
+    check: Callable[[], Any], what: str, timeout: float = 10.0, step: float = 0.02
+) -> Any:
+    """Poll a real process's observable state until ``check`` answers something true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened within {timeout}s: {what}")
+        time.sleep(step)
+
+
+async def await_until(
+    check: Callable[[], Any], what: str, timeout: float = 10.0, step: float = 0.02
+) -> Any:
+    """``wait_until`` for async flows: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened within {timeout}s: {what}")
+        await asyncio.sleep(step)
+
+
 def presence(daemon: Daemon, *user_ids: str) -> dict[str, Any]:
     code, body = daemon.get_json("/presence?userIds=" + ",".join(user_ids))
     assert code == 200, body

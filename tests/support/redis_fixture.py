@@ -1,5 +1,6 @@
 """Real redis-server processes on ephemeral loopback ports, started and stopped by the tests
-(never the Redis that may run on 6379), and a TCP proxy in front of one that can be cut."""
+(never the Redis that may run on 6379), and a TCP proxy in front of one that can be cut or
+paused."""
 
 from __future__ import annotations
 
@@ -90,15 +91,58 @@ class RedisServer:
         return out.stdout.decode().strip()
 
 
+class _Pipe:
+    """One direction of one proxied connection. While paused, what it reads is held, not
+    forwarded; if its source closes meanwhile, the held bytes are dropped, as a kernel
+    drops unread data on a reset."""
+
+    def __init__(self, source: socket.socket, sink: socket.socket, paused: bool) -> None:
+        self.source, self.sink = source, sink
+        self.paused = paused
+        self.held: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            self.source.settimeout(None)
+            while True:
+                data = self.source.recv(65536)
+                if not data:
+                    break
+                with self.lock:
+                    if self.paused:
+                        self.held.append(data)
+                    else:
+                        self.sink.sendall(data)
+        except OSError:
+            pass
+        with self.lock:
+            self.held = []
+        for s in (self.source, self.sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def resume(self) -> None:
+        with self.lock:
+            self.paused = False
+            held, self.held = self.held, []
+            with contextlib.suppress(OSError):
+                for data in held:
+                    self.sink.sendall(data)
+
+
 class TcpProxy:
-    """Forwards 127.0.0.1:port to a target port; cut() drops every connection and refuses
-    new ones until restore()."""
+    """Forwards 127.0.0.1:port to a target port. cut() drops every connection and refuses
+    new ones until restore(). pause() is a hung server: connections are still accepted and
+    kept, but nothing is forwarded either way until resume()."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.port = free_port()
         self._server: socket.socket | None = None
         self._sockets: list[socket.socket] = []
+        self._pipes: list[_Pipe] = []
+        self._paused = False
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -125,22 +169,37 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                pipes = [
+                    _Pipe(client, upstream, self._paused),
+                    _Pipe(upstream, client, self._paused),
+                ]
+                self._pipes += pipes
+            for pipe in pipes:
+                threading.Thread(target=pipe.run, daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            source.settimeout(None)
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        for s in (source, sink):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+            for pipe in self._pipes:
+                with pipe.lock:
+                    pipe.paused = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.resume()
+
+    def held(self) -> bytes:
+        """Everything read and not forwarded since the pause, towards the target and back."""
+        with self._lock:
+            pipes = list(self._pipes)
+        out = []
+        for pipe in pipes:
+            with pipe.lock:
+                out.extend(pipe.held)
+        return b"".join(out)
 
     def cut(self) -> None:
         if self._server is not None:
@@ -148,6 +207,7 @@ class TcpProxy:
             self._server = None
         with self._lock:
             sockets, self._sockets = self._sockets, []
+            self._pipes = []
         for s in sockets:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -164,8 +224,7 @@ class TcpProxy:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
-    # DEBUG SLEEP lets a test make Redis slow (loopback only, as always).
-    server = RedisServer(tmp_path, None, "--enable-debug-command", "local").start()
+    server = RedisServer(tmp_path).start()
     yield server
     server.stop()
 
