@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..core import wire
 from ..core.model import Connection, Peer, PresenceModel, UserView
 from ..hub import Figures
 from .link import RedisLink, RedisUnavailable
