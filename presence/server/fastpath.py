@@ -138,6 +138,15 @@ class FastPathProtocol(WebSocketServerProtocol):
                 self._send_compressed(data)
             self._check_send_buffer()
 
+    def send_framed(self, data: bytes, frame: bytes) -> None:
+        """``send(data)`` with ``frame`` already made: ``text_frame(data)``."""
+        if self.state == STATE_OPEN:
+            if self._perMessageCompress is None:
+                write(self.transport, frame)
+            else:
+                self._send_compressed(data)
+            self._check_send_buffer()
+
     def send_shared(self, message: wire.Shared) -> None:
         if self.state != STATE_OPEN:
             return
