@@ -47,11 +47,15 @@ _PREFIXES = (b"GET / ", b"GET /?")
 _NOT_DIRECT = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 
 
+def _may_be_upgrade(data: bytes | bytearray) -> bool:
+    start = bytes(data[:6])
+    return any(prefix.startswith(start) for prefix in _PREFIXES)
+
+
 def direct_upgrade(data: bytes, max_bytes: int, max_headers: int) -> bool | None:
     """Is ``data`` (a connection's first bytes) an opening handshake for "/" that
     twisted.web would pass to Autobahn unchanged? None: cannot tell yet."""
-    start = data[:6]
-    if not any(prefix.startswith(start) for prefix in _PREFIXES):
+    if not _may_be_upgrade(data):
         return False
     end = data.find(b"\r\n\r\n")
     if end < 0:
@@ -115,7 +119,7 @@ class HandshakeChannel(http.HTTPChannel):
 
     _deadline: IDelayedCall | None = None
     _sniffing = False  # the first request, while it may still be a direct upgrade
-    _sniffed = b""
+    _sniffed: bytearray | None = None  # what came of it so far, when not all at once
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -126,14 +130,25 @@ class HandshakeChannel(http.HTTPChannel):
         if self._deadline is None and not self._handlingRequest:
             self._arm()  # the first byte of the next request on a kept-alive connection
         if self._sniffing:
-            data = self._sniffed + data
+            sniffed = self._sniffed
+            if sniffed is not None:  # linear however the request is cut up
+                searched = max(0, len(sniffed) - 3)  # the blank line may start there
+                sniffed += data
+                if (
+                    len(sniffed) <= self.totalHeadersSize
+                    and sniffed.find(b"\r\n\r\n", searched) < 0
+                    and _may_be_upgrade(sniffed)
+                ):
+                    self.resetTimeout()  # as HTTPChannel.dataReceived
+                    return
+                data = bytes(sniffed)
+                self._sniffed = None
             direct = direct_upgrade(data, self.totalHeadersSize, self.maxHeaders)
             if direct is None:
-                self._sniffed = data
-                self.resetTimeout()  # as HTTPChannel.dataReceived
+                self._sniffed = bytearray(data)
+                self.resetTimeout()
                 return
             self._sniffing = False
-            self._sniffed = b""
             if direct:
                 self._upgrade(data)
                 return

@@ -104,6 +104,12 @@ def server(direct: bool, **config: Any) -> Server:
 SCENARIOS: dict[str, tuple[dict[str, Any], list[bytes]]] = {
     "served": ({}, [head()]),
     "served in pieces": ({}, [head()[:7], head()[7:40], head()[40:]]),
+    "a byte at a time": ({}, [head()[i : i + 1] for i in range(len(head()))]),
+    "cut in the blank line": ({}, [head()[:-3], head()[-3:-1], head()[-1:]]),
+    "cut before the blank line": ({}, [head()[:-4], head()[-4:]]),
+    "frame after a cut": ({}, [head()[:-1], head()[-1:] + client_frame(b'{"type":"HEARTBEAT"}')]),
+    "plain GET in pieces": ({}, [b"GET / HTTP/1.1\r\nHo", b"st: x\r\n\r\n"]),
+    "health in pieces": ({}, [b"GET /", b"health HTTP/1.1\r\nHost: x\r\n\r\n"]),
     "no userId": ({}, [head("/")]),
     "invalid userId": ({}, [head("/?userId=a%20b")]),
     "foreign origin": (
@@ -223,4 +229,16 @@ def test_a_kept_alive_connection_upgrades_through_twisted_web(entry_calls: list[
     client.feed(head())
     assert client.read_status() == 101
     assert entry_calls == [b"/?userId=alice"]
+    assert client.message()["type"] == "CONNECT"
+
+
+@pytest.mark.parametrize("size", [1, 3, 4, 7, 64])
+def test_a_handshake_in_pieces_goes_direct(entry_calls: list[bytes], size: int) -> None:
+    made = Server()
+    client = Client(made)
+    data = head()
+    for i in range(0, len(data), size):
+        client.feed(data[i : i + size])
+    assert client.read_status() == 101
+    assert entry_calls == []
     assert client.message()["type"] == "CONNECT"
