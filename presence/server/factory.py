@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from twisted.internet.interfaces import IReactorTime
 from txaio._common import _BatchedTimer
@@ -103,6 +103,28 @@ class PresenceFactory(WebSocketServerFactory):
                 "max_send_buffer": config.max_send_buffer,
             },
         )
+        self._bake_options()
+
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
+        super().setProtocolOptions(*args, **options)
+        self._bake_options()
+
+    def _bake_options(self) -> None:
+        """Autobahn copies every protocol option from the factory onto each new protocol
+        (and pformats the list for a debug line nobody sees). They are the same for every
+        connection, so they live once on this factory's protocol class instead, and the
+        copy has nothing left to do. The values are the factory's own objects, as the copy
+        would have set them (a function, perMessageCompressionAccept, as a staticmethod,
+        so that it is not bound to the connection)."""
+        protocol = self.protocol
+        if protocol is PresenceProtocol:  # setProtocolOptions before the class exists
+            return
+        for name in WebSocketServerProtocol.CONFIG_ATTRS:
+            value = getattr(self, name)
+            if hasattr(type(value), "__get__"):  # a function would bind as a method
+                value = staticmethod(value)
+            setattr(protocol, name, value)
+        protocol.CONFIG_ATTRS = []
 
     def at_capacity(self) -> bool:
         """--max-connections: this process holds as many WebSockets as it may."""

@@ -19,6 +19,7 @@ from ..core import wire
 from .frames import text_frame, unmask, unsent_bytes
 
 STATE_OPEN = WebSocketProtocol.STATE_OPEN
+CORK_LIMIT = 4096  # bytes of answers to one read held back for one send(), at most
 NO_QUEUE: Any = ()  # Autobahn's send queue, until a chopped or synchronous send needs one
 # Transports whose socket we may write to directly (TLS has buffering of its own).
 DIRECT: frozenset[Any] = frozenset((tcp.Server, unix.Server))
@@ -57,6 +58,10 @@ class FastPathProtocol(WebSocketServerProtocol):
     max_message_size = 65536
     max_send_buffer = 4 * 1024 * 1024
     backed_up = False
+    # While the frames of one read are handled: what we send meanwhile, sent at the end
+    # in one send() (None: each write goes out at once), and its size.
+    _cork: list[bytes] | None = None
+    _corked = 0
 
     def on_text(self, payload: bytes, binary: bool) -> None:
         raise NotImplementedError
@@ -80,7 +85,11 @@ class FastPathProtocol(WebSocketServerProtocol):
             and not self.inside_message
             and self._perMessageCompress is None
         ):
-            data = self._small_text_frames(data)
+            try:
+                data = self._small_text_frames(data)
+            finally:
+                if self._cork is not None:
+                    self._uncork()
             if not data:
                 return
         self._dataReceived(data)
@@ -112,6 +121,8 @@ class FastPathProtocol(WebSocketServerProtocol):
             except UnicodeDecodeError:
                 break
             offset = start + length
+            if offset < end and self._cork is None and not self.backed_up:
+                self._cork = []  # more follows: the answers go out together, in order
             self.on_text(payload, False)
         return data[offset:] if offset else data
 
@@ -122,18 +133,58 @@ class FastPathProtocol(WebSocketServerProtocol):
 
     # -- sending --------------------------------------------------------------------------
 
+    def _write(self, data: bytes) -> None:
+        cork = self._cork
+        if cork is None:
+            write(self.transport, data)
+        else:
+            cork.append(data)
+            self._corked += len(data)
+            if self._corked > CORK_LIMIT:
+                self._uncork(check=False)  # send*() check right after; sendData never did
+
+    def _uncork(self, check: bool = True) -> None:
+        """One send() for everything the frames of one read answered (the bytes and their
+        order as they were), then the slow-reader check the sends made while the bytes
+        were held back (no-ops then: the transport saw nothing new). A client that does
+        not read is never corked (``backed_up``), and a cork goes out at CORK_LIMIT, so the
+        check comes at most that many bytes later than it did."""
+        cork, self._cork = self._cork, None
+        self._corked = 0
+        if cork:
+            write(self.transport, b"".join(cork))
+            if check and self.state == STATE_OPEN:
+                self._check_send_buffer()
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if sync or chopsize or self.send_queue:
+            if self._cork is not None:  # Autobahn writes the queue's first piece at once
+                self._uncork(check=False)
             if self.send_queue is NO_QUEUE:
                 self.send_queue = deque()
             super().sendData(data, sync, chopsize)
         else:
-            write(self.transport, data)
+            self._write(data)
 
     def send(self, data: bytes) -> None:
         if self.state == STATE_OPEN:
             if self._perMessageCompress is None:
-                write(self.transport, text_frame(data))
+                if self._cork is None:
+                    write(self.transport, text_frame(data))
+                else:
+                    self._write(text_frame(data))
+            else:
+                self._send_compressed(data)
+            self._check_send_buffer()
+
+    def send_framed(self, data: bytes, frame: bytes) -> None:
+        """``send(data)`` with ``frame`` already made: ``text_frame(data)``."""
+        if self.state == STATE_OPEN:
+            if self._perMessageCompress is None:
+                if self._cork is None:
+                    write(self.transport, frame)
+                else:
+                    self._write(frame)
             else:
                 self._send_compressed(data)
             self._check_send_buffer()
@@ -146,7 +197,10 @@ class FastPathProtocol(WebSocketServerProtocol):
             if prepared is None:
                 prepared = message.prepared = self.prepare(message.payload)
             # What sendPreparedMessage does uncompressed, without two calls per watcher.
-            write(self.transport, prepared.payloadHybi)  # type: ignore[attr-defined]
+            if self._cork is None:  # (the check inline: once per watcher of a diff)
+                write(self.transport, prepared.payloadHybi)  # type: ignore[attr-defined]
+            else:
+                self._write(prepared.payloadHybi)  # type: ignore[attr-defined]
         else:  # compressed per connection: each has its own deflate context
             self._send_compressed(message.payload)
         self._check_send_buffer()

@@ -8,15 +8,27 @@ past it the connection is aborted. Request line plus headers are capped at
 ``max_header_bytes`` (one line included): more gets 400 and the connection is closed.
 Once a request is complete (a WebSocket upgrade is handed to Autobahn at that point) the
 deadline is off.
+
+The upgrade at "/" (``websocket`` set: the WebSocket factory) skips twisted.web: Autobahn
+parses the opening handshake itself, and twisted.web's parse (a Request, its headers, the
+resource lookup, and the request re-serialised for Autobahn) was done for nothing. Only a
+first request that twisted.web would take as it is, send to "/" and hand to Autobahn
+unchanged goes this way: ``GET /`` or ``GET /?query`` over HTTP/1.1, within the header
+cap, well-formed header lines (token names, printable ASCII values), no header twice, no
+body or ``Expect``, ``Upgrade: websocket``, and nothing after the blank line. Anything else
+(other paths, a plain GET, anything odd or malformed) is fed to twisted.web as it came,
+which answers it exactly as before.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http
 
@@ -26,22 +38,131 @@ DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 DEFAULT_MAX_HEADER_BYTES = 16384
 
 
+# The opening handshake the direct upgrade takes: request line, then header lines (token
+# name, colon, printable ASCII or HTAB), then the blank line, and nothing else.
+_UPGRADE_HEAD = re.compile(
+    rb"GET /(?:\?[!-~]*)? HTTP/1\.1\r\n((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)+)\r\n"
+)
+_PREFIXES = (b"GET / ", b"GET /?")
+_NOT_DIRECT = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+
+
+def _may_be_upgrade(data: bytes | bytearray) -> bool:
+    start = bytes(data[:6])
+    return any(prefix.startswith(start) for prefix in _PREFIXES)
+
+
+def direct_upgrade(data: bytes, max_bytes: int, max_headers: int) -> bool | None:
+    """Is ``data`` (a connection's first bytes) an opening handshake for "/" that
+    twisted.web would pass to Autobahn unchanged? None: cannot tell yet."""
+    if not _may_be_upgrade(data):
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None if len(data) <= max_bytes else False
+    if end + 4 != len(data) or end + 4 > max_bytes:
+        return False
+    match = _UPGRADE_HEAD.fullmatch(data)
+    if match is None:
+        return False
+    lines = match.group(1).split(b"\r\n")[:-1]
+    if len(lines) > max_headers:
+        return False
+    names = set()
+    upgrade = b""
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in names or name in _NOT_DIRECT:
+            return False
+        names.add(name)
+        if name == b"upgrade":
+            upgrade = value.strip(b" \t").lower()
+    return upgrade == b"websocket"
+
+
+def release_channel(channel: Any) -> None:
+    """The WebSocket protocol takes the transport over. Without this, the HTTP channel
+    that carried the handshake (and its request) lived on for the whole connection: held
+    by the Site's idle timer (12 hours by default) and as the transport's registered
+    producer, a place the WebSocket protocol takes for itself."""
+    channel.setTimeout(None)
+    # HTTPChannel registers itself with the transport (TCP, or TLS which wraps it) when
+    # the connection is made; a transport that is no producer got a no-op stand-in.
+    channel._networkProducer.unregisterProducer()
+    channel._networkProducer = None
+
+
+def hand_over(transport: Any, protocol: Any) -> None:
+    """Connect ``protocol`` to the transport an HTTP channel had, as Autobahn's
+    WebSocketResource does (under TLS the wrapper's inner protocol is replaced)."""
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(transport.protocol, ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    # As WebSocketResource: resume the transport, in case the HTTP side paused it.
+    if hasattr(transport, "_networkProducer"):
+        transport._networkProducer.resumeProducing()
+    elif hasattr(transport, "resumeProducing"):
+        transport.resumeProducing()
+
+
 class HandshakeChannel(http.HTTPChannel):
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     totalHeadersSize = DEFAULT_MAX_HEADER_BYTES
     MAX_LENGTH = DEFAULT_MAX_HEADER_BYTES  # LineReceiver: the longest line it buffers
     on_expired: Any = None  # called (no arguments) when a deadline drops a connection
+    websocket: Any = None  # the WebSocket factory: a direct upgrade for "/" (see above)
 
     _deadline: IDelayedCall | None = None
+    _sniffing = False  # the first request, while it may still be a direct upgrade
+    _sniffed: bytearray | None = None  # what came of it so far, when not all at once
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._arm()
+        self._sniffing = self.websocket is not None
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
             self._arm()  # the first byte of the next request on a kept-alive connection
+        if self._sniffing:
+            sniffed = self._sniffed
+            if sniffed is not None:  # linear however the request is cut up
+                searched = max(0, len(sniffed) - 3)  # the blank line may start there
+                sniffed += data
+                if (
+                    len(sniffed) <= self.totalHeadersSize
+                    and sniffed.find(b"\r\n\r\n", searched) < 0
+                    and _may_be_upgrade(sniffed)
+                ):
+                    self.resetTimeout()  # as HTTPChannel.dataReceived
+                    return
+                data = bytes(sniffed)
+                self._sniffed = None
+            direct = direct_upgrade(data, self.totalHeadersSize, self.maxHeaders)
+            if direct is None:
+                self._sniffed = bytearray(data)
+                self.resetTimeout()
+                return
+            self._sniffing = False
+            if direct:
+                self._upgrade(data)
+                return
         super().dataReceived(data)
+
+    def _upgrade(self, head: bytes) -> None:
+        """What WebSocketEntry and WebSocketResource do, without the Request."""
+        self._disarm()
+        release_channel(self)
+        transport: Any = self.transport
+        self.transport = None
+        protocol = self.websocket.buildProtocol(transport.getPeer())
+        hand_over(transport, protocol)
+        protocol.dataReceived(head)
 
     def allContentReceived(self) -> None:
         self._disarm()

@@ -20,7 +20,12 @@ from ..core import wire
 from ..core.auth import bearer
 from ..core.model import UserView
 from ..hub import PresenceHub, RoomPage, member_json, user_json
-from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, HandshakeChannel
+from .handshake import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_HEADER_BYTES,
+    HandshakeChannel,
+    release_channel,
+)
 from .metrics import Metrics
 
 MAX_QUERY_IDS = 1000
@@ -218,7 +223,9 @@ class RoomQuery(Resource):
 
 
 class WebSocketEntry(Resource):
-    """ "/" upgrades to a WebSocket; a plain GET is told to upgrade."""
+    """ "/" upgrades to a WebSocket; a plain GET is told to upgrade. A connection's first
+    request, when it is a well-formed upgrade, goes to Autobahn without coming here
+    (HandshakeChannel's direct upgrade); everything else still does."""
 
     isLeaf = True
 
@@ -236,18 +243,6 @@ class WebSocketEntry(Resource):
         if result is server.NOT_DONE_YET:  # upgraded: no HTTP request is pending any more
             request.channel.requests = []
         return result
-
-
-def release_channel(channel: Any) -> None:
-    """The WebSocket protocol takes the transport over. Without this, the HTTP channel
-    that carried the handshake (and its request) lived on for the whole connection: held
-    by the Site's idle timer (12 hours by default) and as the transport's registered
-    producer, a place the WebSocket protocol takes for itself."""
-    channel.setTimeout(None)
-    # HTTPChannel registers itself with the transport (TCP, or TLS which wraps it) when
-    # the connection is made; a transport that is no producer got a no-op stand-in.
-    channel._networkProducer.unregisterProducer()
-    channel._networkProducer = None
 
 
 class BearerGuard(Resource):
@@ -295,6 +290,7 @@ class QuietSite(server.Site):
     handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES
     on_handshake_expired: Callable[[], None] | None = None
+    websocket: Any = None  # the factory "/" upgrades to, directly (see handshake.py)
 
     def log(self, request: Any) -> None:
         pass
@@ -304,6 +300,7 @@ class QuietSite(server.Site):
         channel.handshake_timeout = self.handshake_timeout
         channel.totalHeadersSize = channel.MAX_LENGTH = self.max_header_bytes
         channel.on_expired = self.on_handshake_expired
+        channel.websocket = self.websocket
         return channel
 
 
@@ -344,4 +341,5 @@ def build_site(
     site.handshake_timeout = handshake_timeout
     site.max_header_bytes = max_header_bytes
     site.on_handshake_expired = metrics.errors["handshake"].inc
+    site.websocket = factory
     return site

@@ -16,11 +16,17 @@ from ..core import policy, wire
 from ..core.model import Connection
 from ..core.ratelimit import ALLOWED, EXCEEDED, TokenBucket
 from .admission import AdmittingProtocol
+from .frames import text_frame
 
 if TYPE_CHECKING:
     from .factory import PresenceFactory
 
 log = Logger()
+
+
+# The HEARTBEAT_ACK of the current millisecond, as (second, millisecond, payload, frame):
+# every heartbeat answered in that millisecond gets the same bytes, formatted and framed once.
+_heartbeat_ack: list[Any] = [-1, -1, b"", b""]
 
 
 def _close_code(proto: WebSocketServerProtocol) -> int | None:
@@ -165,7 +171,14 @@ class PresenceProtocol(AdmittingProtocol):
             )
 
     def on_HEARTBEAT(self, conn: Connection, message: wire.Heartbeat, now: float) -> None:
-        self.send(wire.heartbeat_ack(wire.iso(now)))
+        # The key is what wire.iso formats (the second, then the millisecond in it).
+        second = int(now)
+        milli = int((now - second) * 1000)
+        ack = _heartbeat_ack
+        if ack[1] != milli or ack[0] != second:
+            payload = wire.heartbeat_ack(wire.iso(now))
+            ack[:] = (second, milli, payload, text_frame(payload))
+        self.send_framed(ack[2], ack[3])
 
     def on_PRESENCE_UPDATE(
         self, conn: Connection, message: wire.PresenceUpdate, now: float
