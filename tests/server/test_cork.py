@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from presence.server import fastpath
-from tests.support.memws import Client, Server, client_frame
+from tests.support.harness import CLOSE as CLOSE_OP
+from tests.support.harness import TEXT, Client, FrameDecoder, Harness, client_frame
 
 
 def frame(message: Any) -> bytes:
@@ -38,29 +39,30 @@ SEQUENCES: dict[str, list[bytes]] = {
 }
 
 
-def connect(config: dict[str, Any]) -> tuple[Server, Client]:
-    server = Server(**config)
-    watcher = server.connect("/?userId=alice")
-    return server, watcher
+def connect(config: dict[str, Any]) -> tuple[Harness, Client]:
+    harness = Harness(**config)
+    watcher = harness.connect("/?userId=alice")
+    return harness, watcher
 
 
 def run(chunks: list[bytes], together: bool, config: dict[str, Any]) -> tuple[Any, ...]:
     _, client = connect(config)
-    client.messages()
+    client.read_messages()
+    server = client.link.server  # the server's end: value() keeps every byte written
     writes: list[bytes] = []
-    write = client.transport.write
+    write = server.write
 
     def counting(data: bytes) -> None:
         writes.append(bytes(data))
         write(data)
 
-    client.transport.write = counting  # type: ignore[method-assign]
+    server.write = counting  # type: ignore[method-assign]
     if together:
         client.feed(b"".join(chunks))
     else:
         for chunk in chunks:
             client.feed(chunk)
-    return client.transport.value(), client.transport.disconnecting, len(writes)
+    return server.value(), server.disconnecting, len(writes)
 
 
 @pytest.mark.parametrize("name", list(SEQUENCES))
@@ -89,28 +91,34 @@ def test_a_big_cork_goes_out_in_pieces() -> None:
 
 def test_nothing_is_corked_once_a_read_is_done() -> None:
     _, client = connect({})
-    client.messages()
+    client.read_messages()
     client.feed(HEARTBEAT * 3)
     assert client.ws._cork is None and client.ws._corked == 0
-    assert len(client.messages()) == 3
+    assert len(client.read_messages()) == 3
     client.ws.send(b'{"type":"X"}')  # from elsewhere (a diff, say): out at once
-    assert client.messages() == [{"type": "X"}]
+    assert client.read_messages() == [{"type": "X"}]
 
 
 def stalled(together: bool) -> tuple[int, int | None, float]:
-    server = Server(max_send_buffer=64 * 1024, rate_messages=100_000, rate_seconds=1)
-    client = server.connect("/?userId=alice")
-    client.messages()
-    client.transport.stalled = True
+    harness = Harness(max_send_buffer=64 * 1024, rate_messages=100_000, rate_seconds=1)
+    client = harness.connect("/?userId=alice")
+    client.read_messages()
+    server = client.link.server
+    start = len(server.value())
+    client.stop_reading()
     if together:
         client.feed(HEARTBEAT * 2000)  # about 130 KiB of answers the client never reads
     else:
         for _ in range(2000):
             client.feed(HEARTBEAT)
-    frames = client.frames()
-    assert frames[-1][0] == 8 and "not reading" in (client.close_reason or "")
-    acks = sum(1 for opcode, _ in frames if opcode == 1)
-    return acks, client.close_code, server.error_count("slow_reader")
+    # What the server wrote, read or not: the client itself has received none of it.
+    frames = FrameDecoder().feed(server.value()[start:])
+    closes = [payload for opcode, payload in frames if opcode == CLOSE_OP]
+    close_code = int.from_bytes(closes[-1][:2], "big") if closes and closes[-1] else None
+    close_reason = closes[-1][2:].decode() if closes else None
+    assert frames[-1].opcode == CLOSE_OP and "not reading" in (close_reason or "")
+    acks = sum(1 for opcode, _ in frames if opcode == TEXT)
+    return acks, close_code, harness.error_count("slow_reader")
 
 
 def test_a_client_that_does_not_read_is_closed_at_the_limit_as_before() -> None:

@@ -3,6 +3,7 @@ Request, and every answer is byte for byte what the twisted.web path gives."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from presence.core.auth import verifier_from_secret
 from presence.server import web, ws
 from presence.server.handshake import direct_upgrade
-from tests.support.memws import KEY, Client, Server, client_frame
+from tests.support.harness import KEY, TEXT, Client, FrameDecoder, Harness, client_frame
 
 SECRET = b"k" * 40
 T0 = 1_700_000_000.0
@@ -94,8 +95,8 @@ def token(sub: str = "alice", exp: float = T0 + 60) -> str:
     return jwt.encode({"sub": sub, "exp": exp}, SECRET, algorithm="HS256")
 
 
-def server(direct: bool, **config: Any) -> Server:
-    made = Server(**config)
+def server(direct: bool, **config: Any) -> Harness:
+    made = Harness(**config)
     if not direct:
         made.site.websocket = None  # as before: every request through twisted.web
     return made
@@ -166,19 +167,20 @@ def run(direct: bool, config: dict[str, Any], chunks: list[bytes]) -> tuple[Any,
     made = server(direct, **config)
     for i in range(held):  # connections that are there already
         assert made.connect(f"/?userId=held{i}").status == 101
-    client = Client(made)
+    client = made.open()
     for chunk in chunks:
         client.feed(chunk)
     made.clock.advance(10)  # past every deadline
+    transport = client.link.server  # the server's end: value() keeps every byte written
     return (
-        re.sub(rb"\r\nDate: [^\r]*", b"", client.transport.value()),  # twisted.web's, wall clock
-        client.transport.disconnecting,
-        client.transport.aborted,
+        re.sub(rb"\r\nDate: [^\r]*", b"", transport.value()),  # twisted.web's, wall clock
+        transport.disconnecting,
+        transport.aborted,
         made.model.connection_count,
         made.metrics.errors["handshake"].value,
         made.metrics.errors["auth"].value,
         made.metrics.errors["capacity"].value,
-        type(client.transport.protocol).__name__,
+        type(transport.protocol).__name__,
     )
 
 
@@ -207,38 +209,52 @@ def entry_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 
 def test_the_direct_path_skips_twisted_web(entry_calls: list[bytes]) -> None:
-    made = Server()
-    client = made.connect()
+    made = Harness(heartbeat_timeout=3600.0)  # the reaper runs: no heartbeat is due in 60 s
+    client = made.open()
+    channel = client.http_channel  # held here: the client keeps only a weak reference
+    client.request()
     assert client.status == 101
     assert entry_calls == []
-    assert client.channel.requests == []
-    assert client.channel.transport is None
-    assert client.channel._networkProducer is None  # released
-    assert client.transport.producer is client.ws  # registered at onOpen, nobody else
+    assert channel.requests == []
+    assert channel.transport is None
+    assert channel._networkProducer is None  # released
+    assert client.link.server.producer is client.ws  # registered at onOpen, nobody else
     made.clock.advance(60)
-    assert not client.transport.aborted  # the handshake deadline is off
-    assert client.message()["type"] == "CONNECT"
+    assert not client.aborted  # the handshake deadline is off
+    assert client.read_message()["type"] == "CONNECT"
+
+
+def answer(client: Client, start: int = 0) -> tuple[int, list[Any]]:
+    """The status of the response the server wrote from byte ``start`` on, and the text
+    messages after its head (the client parses only the first response on a connection)."""
+    data = client.link.server.value()[start:]
+    response, sep, rest = data.partition(b"\r\n\r\n")
+    assert sep, data
+    frames = FrameDecoder().feed(rest)
+    return int(response.split(b" ", 2)[1]), [json.loads(p) for op, p in frames if op == TEXT]
 
 
 def test_a_kept_alive_connection_upgrades_through_twisted_web(entry_calls: list[bytes]) -> None:
-    made = Server()
-    client = Client(made)
+    made = Harness()
+    client = made.open()
     client.feed(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert client.read_status() == 200
-    client.transport.clear()
+    assert client.status == 200
+    start = len(client.link.server.value())  # what the health check wrote is done with
     client.feed(head())
-    assert client.read_status() == 101
+    status, messages = answer(client, start)
+    assert status == 101
     assert entry_calls == [b"/?userId=alice"]
-    assert client.message()["type"] == "CONNECT"
+    assert len(messages) == 1, messages
+    assert messages[0]["type"] == "CONNECT"
 
 
 @pytest.mark.parametrize("size", [1, 3, 4, 7, 64])
 def test_a_handshake_in_pieces_goes_direct(entry_calls: list[bytes], size: int) -> None:
-    made = Server()
-    client = Client(made)
+    made = Harness()
+    client = made.open()
     data = head()
     for i in range(0, len(data), size):
         client.feed(data[i : i + size])
-    assert client.read_status() == 101
+    assert client.status == 101
     assert entry_calls == []
-    assert client.message()["type"] == "CONNECT"
+    assert client.read_message()["type"] == "CONNECT"

@@ -8,14 +8,14 @@ import zlib
 import pytest
 
 from presence.core import wire
-from tests.support.memws import Server
+from tests.support.harness import TEXT, FrameDecoder, Harness
 
 
-def heartbeat_stamp(server: Server) -> str:
-    client = server.connect(f"/?userId=u{server.clock.seconds()!r}")
-    client.messages()
+def heartbeat_stamp(harness: Harness) -> str:
+    client = harness.connect(f"/?userId=u{harness.clock.seconds()!r}")
+    client.read_messages()
     client.send({"type": "HEARTBEAT"})
-    ack = client.message()
+    ack = client.read_message()
     assert ack["type"] == "HEARTBEAT_ACK"
     stamp: str = ack["timestamp"]
     return stamp
@@ -25,40 +25,45 @@ def heartbeat_stamp(server: Server) -> str:
     "steps", [[0.0, 0.0, 0.0], [0.0004, 0.0004, 0.0004], [0.001, 0.001], [1.0, 0.0], [0.9995]]
 )
 def test_every_ack_has_the_timestamp_of_its_moment(steps: list[float]) -> None:
-    server = Server()
+    harness = Harness()
     for step in steps:
-        server.clock.advance(step)
-        assert heartbeat_stamp(server) == wire.iso(server.clock.seconds())
+        harness.clock.advance(step)
+        assert heartbeat_stamp(harness) == wire.iso(harness.clock.seconds())
 
 
 def test_same_millisecond_other_second_is_not_reused() -> None:
-    server = Server()
-    first = heartbeat_stamp(server)
-    server.clock.advance(1.0)  # same millisecond within the next second
-    second = heartbeat_stamp(server)
+    harness = Harness()
+    first = heartbeat_stamp(harness)
+    harness.clock.advance(1.0)  # same millisecond within the next second
+    second = heartbeat_stamp(harness)
     assert first != second
-    assert second == wire.iso(server.clock.seconds())
+    assert second == wire.iso(harness.clock.seconds())
 
 
 def test_many_connections_in_one_millisecond_all_get_it() -> None:
-    server = Server()
-    clients = [server.connect(f"/?userId=c{i}") for i in range(5)]
+    harness = Harness()
+    clients = [harness.connect(f"/?userId=c{i}") for i in range(5)]
     for client in clients:
-        client.messages()
+        client.read_messages()
         client.send({"type": "HEARTBEAT"})
-    stamp = wire.iso(server.clock.seconds())
-    assert [c.message() for c in clients] == [{"type": "HEARTBEAT_ACK", "timestamp": stamp}] * 5
+    stamp = wire.iso(harness.clock.seconds())
+    assert [c.read_message() for c in clients] == [
+        {"type": "HEARTBEAT_ACK", "timestamp": stamp}
+    ] * 5
 
 
 def test_a_compressed_connection_gets_a_compressed_ack() -> None:
-    server = Server(compression=True)
-    client = server.connect(headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
+    harness = Harness(compression=True)
+    client = harness.connect(headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
     assert b"permessage-deflate" in client.response_headers.lower()
-    heartbeat_stamp(Server())  # the uncompressed frame of this millisecond is cached now
+    heartbeat_stamp(Harness())  # the uncompressed frame of this millisecond is cached now
     client.send({"type": "HEARTBEAT"})
-    frames = client.frames()  # CONNECT, then the ack: one deflate stream (context takeover)
-    assert [opcode for opcode, _ in frames] == [1, 1]
+    # The frames as sent, not inflated by the client: CONNECT, then the ack, in one deflate
+    # stream (context takeover).
+    _, _, after_head = client.link.server.value().partition(b"\r\n\r\n")
+    frames = FrameDecoder().feed(after_head)
+    assert [opcode for opcode, _ in frames] == [TEXT, TEXT]
     inflate = zlib.decompressobj(-15)
     messages = [inflate.decompress(payload + b"\x00\x00\xff\xff") for _, payload in frames]
     assert b'"CONNECT"' in messages[0]
-    assert messages[1] == wire.heartbeat_ack(wire.iso(server.clock.seconds()))
+    assert messages[1] == wire.heartbeat_ack(wire.iso(harness.clock.seconds()))
