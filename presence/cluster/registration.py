@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -32,7 +31,7 @@ from .link import RedisLink
 from .machine import STOPPED, Inputs, LinkMachine, Phase
 from .metrics import ClusterMetrics
 from .options import ClusterConfig
-from .store import Ended, Live, Store, Sweep
+from .store import Ended, Live, Store, Sweep, encode_metadata
 from .watches import Watches
 from .writes import Writes
 
@@ -124,7 +123,7 @@ class Registration:
         now = self._clock.seconds()
         live: list[Live] = []
         for conn in sorted(self._model.all_connections(), key=lambda c: c.metadata_seq):
-            metadata = orjson.dumps(conn.metadata).decode() if conn.metadata_seq else ""
+            metadata = encode_metadata(conn.metadata) if conn.metadata_seq else ""
             live.append((conn.id, conn.user_id, conn.status, metadata))
         live.extend(self._writes.openings())
         ended: list[Ended] = [(cid, u, at, clean) for cid, (u, at, clean) in self._ended.items()]

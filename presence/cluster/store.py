@@ -60,6 +60,12 @@ def parse_message(payload: str) -> tuple[int, UserView]:
     return int(version), parse_view(status, connections, last_seen, metadata)
 
 
+def encode_metadata(metadata: Any) -> str:
+    """Metadata as the scripts keep and compare it: as text, keys sorted, so the same
+    metadata sent with its keys in another order is no change (as the model sees it)."""
+    return orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
+
+
 def stamp(now: float) -> str:
     return f"{now:.3f}"
 
@@ -117,7 +123,7 @@ class Store:
         now: float,
     ) -> defer.Deferred[int]:
         """1 if a diff was published, 0 if not, -1 if Redis does not know the connection."""
-        has, encoded = ("0", "") if metadata is None else ("1", orjson.dumps(metadata).decode())
+        has, encoded = ("0", "") if metadata is None else ("1", encode_metadata(metadata))
         args = [self.node, connection_id, user_id, status, has, encoded, stamp(now), self.ttl]
         return self._run("update", args).addCallback(int)
 
