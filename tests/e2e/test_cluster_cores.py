@@ -8,14 +8,13 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cluster_client import Client, presence, wait_health
+from tests.support.cluster_client import Client, presence, wait_health, wait_until
 from tests.support.daemon import TWISTD, Daemon
 from tests.support.redis_fixture import RedisServer, needs_redis
 
@@ -82,12 +81,12 @@ def test_daemons_share_one_port_and_one_presence(
             )  # fmt: skip
             daemons.append(daemon.start())
         front = daemons[0]  # any of them: they answer on the same port
-        deadline = time.monotonic() + 10
-        while True:
-            nodes = redis_server.cli("HKEYS", "presence:nodes").split()
-            if len(nodes) == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+
+        def registered() -> list[str] | None:
+            found = redis_server.cli("HKEYS", "presence:nodes").split()
+            return found if len(found) == 2 else None
+
+        nodes = wait_until(registered, "both processes registered")
         assert sorted(n.split("#")[0] for n in nodes) == ["vm-0", "vm-1"]
         wait_health(front, 200)
 

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
-import time
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import websockets
 
-from tests.support.cluster_client import NODE_TIMEOUT, Client, presence, start_node, wait_health
+from tests.support.cluster_client import (
+    NODE_TIMEOUT,
+    Client,
+    presence,
+    server_time,
+    start_node,
+    wait_health,
+    wait_until,
+)
 from tests.support.daemon import Daemon
 from tests.support.redis_fixture import RedisServer, TcpProxy, needs_redis
 
@@ -26,6 +35,39 @@ async def run(flow: Callable[[], Awaitable[None]]) -> None:
         await flow()
     finally:
         await Client.close_all()
+
+
+def gone(daemon: Daemon, user_id: str) -> None:
+    """Waits until the cluster has seen the user's only connection go."""
+    wait_until(lambda: presence(daemon, user_id)[user_id]["connections"] == 0, f"{user_id} dropped")
+
+
+def restore(proxy: TcpProxy) -> None:
+    """``proxy.restore()`` once the cut's listening socket is really gone: the proxy's accept
+    thread keeps the port bound until one more connection attempt wakes it up, so this
+    makes that attempt itself rather than waiting for the node's next reconnect."""
+
+    def released() -> bool:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", proxy.port))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+                return False
+        return True
+
+    wait_until(released, "the cut proxy's port released")
+    proxy.restore()
+
+
+def nodes_seen(expected: int, *nodes: Daemon) -> None:
+    """Waits until each node's own sweep (on its beat) counted ``expected`` live nodes."""
+    wait_until(
+        lambda: all(n.metrics()["presence_nodes_current"] == expected for n in nodes),
+        f"{expected} live nodes seen by each",
+    )
 
 
 def test_every_node_sees_one_presence(start_daemon: Start, redis_server: RedisServer) -> None:
@@ -71,8 +113,11 @@ def test_every_node_sees_one_presence(start_daemon: Start, redis_server: RedisSe
         assert code == 200 and one["status"] == "offline" and one["lastSeen"] == diff["lastSeen"]
 
         await bob.send("UNSUBSCRIBE", userIds=["carol", "alice"])
+        await bob.subscribe("probe")  # its PRESENCE_STATE: the UNSUBSCRIBE was handled
         await carol.update("busy")
-        await bob.quiet(0.5)
+        await carol.handled()  # c wrote carol's update to Redis ...
+        await Client.connect(c, "probe")  # ... before the probe's, which is published after it
+        assert (await bob.diff_of("probe"))["status"] == "online"  # nothing about carol
         for client in (bob, carol):
             await client.close()
 
@@ -95,23 +140,24 @@ def test_concurrent_updates_from_two_nodes_agree_everywhere(
         on_b = await Client.connect(b, "u")
         watchers = [await Client.connect(node, "w") for node in (a, c)]
         for watcher in watchers:
-            await watcher.subscribe("u")
+            await watcher.subscribe("u", "probe")
         await asyncio.gather(hammer(on_a, 0, "away"), hammer(on_b, 1, "online"))
-        await asyncio.sleep(1.0)
+        for client in (on_a, on_b):
+            await client.handled()  # its node sent every one of its updates to Redis
+        for node in (a, b):
+            presence(node, "u")  # a node's read follows its own writes to Redis
+        # Once a and then b answered, every update has been applied: each node shows the
+        # final state, and the probe's open comes after them all, so does its diff.
+        final = [presence(node, "u")["u"] for node in (a, b, c)]
+        await Client.connect(c, "probe")
         seen: list[list[tuple[str, str]]] = []
         for watcher in watchers:
-            diffs = []
-            while True:
-                try:
-                    diffs.append(await watcher.diff(timeout=0.5))
-                except TimeoutError:
-                    break
+            diffs = await watcher.diffs_until("probe")
             pairs = [(d["status"], str(d["metadata"])) for d in diffs]
             # never a diff that shows nothing new
             assert all(x != y for x, y in itertools.pairwise(pairs))
             seen.append(pairs)
         assert seen[0] == seen[1]  # the same changes, in the same order, on both nodes
-        final = [presence(node, "u")["u"] for node in (a, b, c)]
         assert final[0] == final[1] == final[2]
         assert final[0]["status"] == "online" and final[0]["connections"] == 2
         assert seen[0][-1] == (final[0]["status"], str(final[0]["metadata"]))
@@ -132,23 +178,28 @@ def test_kill_9_leaves_no_ghost_and_a_restart_resurrects_nothing(
         bob = await Client.connect(b, "bob")
         carol = await Client.connect(c, "carol")
         for watcher in (bob, carol):
-            await watcher.subscribe("alice", "dave")
+            await watcher.subscribe("alice", "dave", "probe")
         assert a.proc is not None
         a.proc.kill()  # kill -9
-        killed = time.monotonic()
         for watcher in (bob, carol):
             got = {}
             for _ in range(2):
                 diff = await watcher.diff(timeout=NODE_TIMEOUT + 3)
                 got[diff["userId"]] = diff
-            assert time.monotonic() - killed < NODE_TIMEOUT + 1.5
+            assert set(got) == {"alice", "dave"}
             assert {d["status"] for d in got.values()} == {"offline"}
             assert all(d["lastSeen"] for d in got.values())
-        await carol.quiet(0.3)  # exactly once
+            for d in got.values():
+                # lastSeen: when a was last seen alive (its last beat, before the kill); the
+                # diff's timestamp: when a survivor's sweep ended it, by the same clock
+                held = server_time(d["timestamp"]) - server_time(d["lastSeen"])
+                assert held < NODE_TIMEOUT + 1.5, d
+        nodes_seen(2, b, c)  # each survivor has swept since a was gone
         survivors = [b.metrics(), c.metrics()]
         assert sum(m["presence_node_cleanups_total"] for m in survivors) == 1  # one of them
-        await asyncio.sleep(1.0)
-        assert [m["presence_nodes_current"] for m in (b.metrics(), c.metrics())] == [2, 2]
+        probe = await Client.connect(b, "probe")  # published after any clean-up's diffs
+        for watcher in (bob, carol):
+            await watcher.diff_of("probe")  # exactly once
         for client in (alice, dave):
             await client.ws.close()
 
@@ -158,7 +209,10 @@ def test_kill_9_leaves_no_ghost_and_a_restart_resurrects_nothing(
         alice = await Client.connect(a2, "alice")
         diff = await bob.diff()
         assert (diff["userId"], diff["status"], diff["connections"]) == ("alice", "online", 1)
-        await bob.quiet(NODE_TIMEOUT)  # nothing about dave
+        nodes_seen(3, a2, b)  # a2 beat and swept, and b swept with a2 alive
+        await probe.update("busy")  # published after all a2 and b did so far
+        assert (await bob.diff_of("probe"))["status"] == "busy"  # nothing about dave
+        assert presence(b, "dave")["dave"]["connections"] == 0
 
     asyncio.run(run(flow))
 
@@ -193,7 +247,7 @@ def test_sigterm_removes_the_nodes_connections_at_once(
     async def flow() -> None:
         alice = await Client.connect(a, "alice")
         bob = await Client.connect(b, "bob")
-        await bob.subscribe("alice")
+        await bob.subscribe("alice", "probe")
         a.signal(signal.SIGTERM)
         assert a.wait(10) in (0, -signal.SIGTERM)  # twistd re-raises the signal it got
         await alice.ws.close()
@@ -203,30 +257,44 @@ def test_sigterm_removes_the_nodes_connections_at_once(
         assert users["alice"]["connections"] == 0
         assert redis_server.cli("HLEN", "presence:uc:alice") == "0"
         assert redis_server.cli("HKEYS", "presence:nodes").count("#") == 1
-        await bob.quiet(0.3)
+        await Client.connect(b, "probe")  # published after all a did before it exited
+        await bob.diff_of("probe")  # no offline for alice
 
     asyncio.run(run(flow))
 
 
 def test_grace_holds_across_nodes(start_daemon: Start, redis_server: RedisServer) -> None:
-    a = start_node(start_daemon, redis_server.url, grace=1.5)
-    b = start_node(start_daemon, redis_server.url, grace=1.5)
+    """A probe user, dropped on the same node just after alice, shows when alice's grace
+    would have run out: the probe's offline diff comes, and none for alice before or after."""
+    grace = 1.5
+    a = start_node(start_daemon, redis_server.url, grace=grace)
+    b = start_node(start_daemon, redis_server.url, grace=grace)
 
     async def flow() -> None:
         bob = await Client.connect(b, "bob")
-        await bob.subscribe("alice")
+        await bob.subscribe("alice", "probe")
         alice = await Client.connect(a, "alice")
-        assert (await bob.diff())["status"] == "online"
+        assert (await bob.diff_of("alice"))["status"] == "online"
+        probe = await Client.connect(a, "probe")
+        assert (await bob.diff_of("probe"))["status"] == "online"
         alice.ws.transport.abort()  # a dropped TCP connection
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(gone, b, "alice")
+        probe.ws.transport.abort()
+        await asyncio.to_thread(gone, b, "probe")  # its grace ends after alice's
         alice = await Client.connect(b, "alice")  # back on another node within the grace
-        await bob.quiet(2.0)
-        alice.ws.transport.abort()
-        dropped = time.monotonic()
-        diff = await bob.diff(timeout=5)
+        diff = await bob.diff_of("probe", timeout=grace + 5)  # nothing about alice before
         assert diff["status"] == "offline"
-        assert 1.2 < time.monotonic() - dropped < 3.5
-        assert b.metrics()["ws_connections_current"] == 1
+        assert server_time(diff["timestamp"]) - server_time(diff["lastSeen"]) >= grace - 0.002
+        await Client.connect(b, "probe")  # published after any expiry of alice's grace
+        assert (await bob.diff_of("probe"))["status"] == "online"  # nor after it
+        alice.ws.transport.abort()
+        diff = await bob.diff_of("alice", timeout=grace + 5)
+        assert diff["status"] == "offline"
+        # lastSeen: when b saw the drop; the timestamp: when the grace's expiry reached bob.
+        # Both by the server's clock: the grace, and at most a reaper tick and a bit more.
+        held = server_time(diff["timestamp"]) - server_time(diff["lastSeen"])
+        assert grace - 0.002 <= held < grace + 2.0, diff
+        assert b.metrics()["ws_connections_current"] == 2  # bob and the probe
 
     asyncio.run(run(flow))
 
@@ -255,8 +323,8 @@ def test_redis_restart_degrades_then_converges(
         assert (diff["userId"], diff["status"]) == ("carol", "online")
         await alice.disconnect()  # an offline Redis never heard of
         await fay.update("busy")
+        await fay.handled()  # a applied it, on its own
         assert a.get("/presence/alice")[0] == 503
-        await asyncio.sleep(0.5)
 
         redis_server.start()  # same port, no data: everything is re-registered
         for node in (a, b):
@@ -274,7 +342,9 @@ def test_redis_restart_degrades_then_converges(
             "online",
             "online",
         ]
-        await bob.quiet(1.0)  # no flapping afterwards
+        await bob.subscribe("probe")
+        await Client.connect(a, "probe")  # published after all a did since Redis came back
+        await bob.diff_of("probe")  # no flapping afterwards
         await carol.update("away")
         assert (await bob.diff())["status"] == "away"
 
@@ -291,32 +361,35 @@ def test_a_cut_to_redis_heals_and_a_long_one_ends_then_restores_presence(
 
     async def flow() -> None:
         alice = await Client.connect(a, "alice")
+        probe = await Client.connect(b, "probe")  # on the node whose Redis is never cut
         bob = await Client.connect(b, "bob")
-        await bob.subscribe("alice")
+        await bob.subscribe("alice", "probe")
         local = await Client.connect(a, "lou")
-        await local.subscribe("alice")
+        await local.subscribe("alice", "probe")
 
         proxy.cut()  # shorter than the node timeout: nobody else notices
         wait_health(a, 503)
         await alice.update("busy")
         assert (await local.diff())["status"] == "busy"  # local presence still works
-        await asyncio.sleep(0.5)
-        proxy.restore()
-        wait_health(a, 200, timeout=10)
+        await alice.handled()  # served all along
+        restore(proxy)
+        wait_health(a, 200, timeout=10)  # re-registered and re-read: serving again
         diff = await bob.diff()
         assert diff["status"] == "busy"
-        await bob.quiet(0.5)
-        await local.quiet(0.1)  # told already
+        await probe.update("away")  # published after all a did on re-registering
+        await bob.diff_of("probe")  # alice's change once
+        await local.diff_of("probe")  # told already
 
         proxy.cut()  # longer than the node timeout: b ends a's connections
         diff = await bob.diff(timeout=6)
         assert diff["status"] == "offline"
-        proxy.restore()  # a re-registers alice, who never left
+        restore(proxy)  # a re-registers alice, who never left
         wait_health(a, 200, timeout=10)
         diff = await bob.diff(timeout=6)
         assert (diff["status"], diff["connections"]) == ("busy", 1)
         assert presence(b, "alice")["alice"]["status"] == "busy"
-        await local.quiet(0.1)
+        await probe.update("busy")
+        await local.diff_of("probe")  # nothing about alice, who never left on a
 
     asyncio.run(run(flow))
 
@@ -343,9 +416,9 @@ def test_a_hung_redis_is_noticed_by_the_beat_and_recovers_without_flapping(
         for node in (a, b):
             wait_health(node, 200, timeout=10)
         assert a.metrics()["presence_redis_errors_total"] >= 1
-        await bob.quiet(1.0)  # alice never left
-        await alice.update("away")
-        assert (await bob.diff())["status"] == "away"
+        await alice.update("away")  # published after anything about alice before it
+        assert (await bob.diff_of("alice"))["status"] == "away"  # alice never left
+        assert b.metrics()["presence_node_cleanups_total"] == 0  # nor were a's ended
 
     asyncio.run(run(flow))
 
@@ -364,7 +437,7 @@ def test_a_password_from_a_file_and_a_wrong_one(start_daemon: Start, tmp_path: P
         async def flow() -> None:
             alice = await Client.connect(a, "alice")
             await alice.update("busy")
-            await asyncio.sleep(0.2)
+            await alice.handled()  # a sent it to Redis: its read below comes after
             assert presence(a, "alice")["alice"]["status"] == "busy"
 
         asyncio.run(run(flow))
@@ -407,13 +480,12 @@ def test_users_online_is_the_clusters_count_on_every_node(
     a, b = (start_node(start_daemon, redis_server.url) for _ in range(2))
 
     def online_everywhere(expected: float) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # refreshed on each node's beat
-            counts = [node.metrics()["presence_users_online"] for node in (a, b)]
-            if counts == [expected, expected]:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"presence_users_online {counts}, wanted {expected} on both")
+        wait_until(  # refreshed on each node's beat
+            lambda: (
+                [node.metrics()["presence_users_online"] for node in (a, b)] == [expected, expected]
+            ),
+            f"presence_users_online {expected} on both",
+        )
 
     async def flow() -> None:
         alice = await Client.connect(a, "alice")

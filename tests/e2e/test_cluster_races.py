@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from tests.support.cluster_client import (
     Client,
     await_until,
     presence,
+    server_time,
     start_node,
     wait_health,
 )
@@ -41,16 +41,6 @@ def detection_time(url: str, node_timeout: float) -> float:
     return ClusterConfig(RedisURL.parse(url), "any", node_timeout).reply_timeout
 
 
-async def drain(client: Client, seconds: float) -> list[dict[str, Any]]:
-    """Every message that arrives until the client has been quiet for ``seconds``."""
-    got = []
-    while True:
-        try:
-            got.append(await client.next(timeout=seconds))
-        except TimeoutError:
-            return got
-
-
 def test_local_changes_reach_local_watchers_while_redis_hangs(
     start_daemon: Start, redis_server: RedisServer, tcp_proxy: Proxy
 ) -> None:
@@ -63,27 +53,32 @@ def test_local_changes_reach_local_watchers_while_redis_hangs(
     async def flow() -> None:
         alice = await Client.connect(a, "alice")
         carl = await Client.connect(a, "carl")
+        probe = await Client.connect(a, "probe")
         lou = await Client.connect(a, "lou")
-        state = await lou.subscribe("alice", "carl")
+        state = await lou.subscribe("alice", "carl", "probe")
         assert state["alice"]["status"] == state["carl"]["status"] == "online"
 
         proxy.pause()  # a hung primary: the writes below are never answered
-        sent = time.monotonic()
+        # a's clock just before the changes, and below when each reached lou: both stamped
+        # by the same daemon, so their difference is how long the local watcher waited
+        sent = server_time(await lou.handled())
         await alice.update("busy", {"at": "a"})
         await carl.disconnect()
         got = {}
         while len(got) < 2:
             diff = await lou.diff(timeout=10)
             got[diff["userId"]] = diff
-        took = time.monotonic() - sent
         assert (got["alice"]["status"], got["alice"]["metadata"]) == ("busy", {"at": "a"})
         assert got["carl"]["status"] == "offline"
-        assert took <= bound, f"local watchers waited {took:.2f}s for a local change"
+        for user_id, diff in got.items():
+            took = server_time(diff["timestamp"]) - sent
+            assert took <= bound, f"local watchers waited {took:.3f}s for {user_id}'s change"
         assert "redis" in wait_health(a, 503)["reason"]
 
         proxy.resume()
-        wait_health(a, 200, timeout=15)
-        await lou.quiet(0.5)  # told once, not again after re-registering
+        wait_health(a, 200, timeout=15)  # re-registered and re-read: serving again
+        await probe.update("away")  # published after all a did on re-registering
+        await lou.diff_of("probe")  # told once, not again after re-registering
         users = presence(a, "alice", "carl")
         assert users["alice"]["status"] == "busy" and users["carl"]["status"] == "offline"
 
@@ -103,7 +98,7 @@ def test_connect_is_sent_once_the_connection_counts_in_redis(
     async def flow() -> None:
         first = await Client.connect(a, "u-race")
         watcher = await Client.connect(a, "w")
-        assert (await watcher.subscribe("u-race"))["u-race"]["status"] == "online"
+        assert (await watcher.subscribe("u-race", "probe"))["u-race"]["status"] == "online"
 
         proxy.pause()  # b's registration of the second device waits in the proxy
         second = await websockets.connect(b.ws_url + "?userId=u-race")
@@ -131,11 +126,9 @@ def test_connect_is_sent_once_the_connection_counts_in_redis(
         await await_until(
             lambda: presence(a, "u-race")["u-race"]["connections"] == 2, "both counted"
         )
-        seen = [
-            (m["status"], m["connections"])
-            for m in await drain(watcher, 1.0)
-            if m.get("userId") == "u-race"
-        ]
+        await first.handled()  # a sent the first device's update to Redis
+        await Client.connect(a, "probe")  # after both devices' changes: so is its diff
+        seen = [(m["status"], m["connections"]) for m in await watcher.diffs_until("probe")]
         assert seen == [], f"the watcher saw u-race flap: {seen}"
         assert presence(b, "u-race")["u-race"]["status"] == "online"
 
@@ -157,7 +150,7 @@ def test_a_connection_over_the_cluster_cap_is_refused_before_connect_unseen(
         await on_b.update("away")
         watcher = await Client.connect(a, "w")
         await await_until(lambda: presence(a, "u")["u"]["status"] == "away", "u away")
-        assert (await watcher.subscribe("u"))["u"] == {
+        assert (await watcher.subscribe("u", "someone-else"))["u"] == {
             "status": "away",
             "metadata": {},
             "lastSeen": None,
@@ -174,10 +167,10 @@ def test_a_connection_over_the_cluster_cap_is_refused_before_connect_unseen(
             assert before == []  # no CONNECT: it never counted
             assert closed is not None
             assert (closed.code, closed.reason) == (1013, "too many connections for this user")
-        await watcher.quiet(1.0)  # nobody saw it come and go
         assert redis_server.cli("HLEN", "presence:uc:u") == "2"
         assert presence(b, "u")["u"]["connections"] == 2
         other = await Client.connect(b, "someone-else")  # the cap is per user
+        await watcher.diff_of("someone-else")  # published after the refusals: nobody saw u
         await other.send("HEARTBEAT")
         assert (await other.next())["type"] == "HEARTBEAT_ACK"
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster_client import Client, presence, start_node, wait_health
+from tests.support.cluster_client import Client, presence, start_node, wait_health, wait_until
 from tests.support.daemon import Daemon, free_port
 from tests.support.redis_fixture import REDIS_SERVER, needs_redis
 
@@ -35,6 +35,14 @@ def make_certs(d: Path) -> None:
         "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "ext")  # fmt: skip
 
 
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_rediss(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     make_certs(tmp_path)
     port = free_port()
@@ -47,7 +55,7 @@ def test_rediss(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(0.3)
+        wait_until(lambda: accepts(port), "redis-server listening for TLS")
         url = f"rediss://localhost:{port}/0"
         trusted = start_node(start_daemon, url, env={"SSL_CERT_FILE": str(tmp_path / "ca.pem")})
         untrusted = start_daemon("--redis", url)  # the test CA is not in the system trust
@@ -56,7 +64,7 @@ def test_rediss(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
         async def flow() -> None:
             alice = await Client.connect(trusted, "alice")
             await alice.update("away")
-            await asyncio.sleep(0.2)
+            await alice.handled()  # sent to Redis: the read below comes after it
             assert presence(trusted, "alice")["alice"]["status"] == "away"
             await Client.close_all()
 

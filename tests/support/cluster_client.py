@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import websockets
@@ -83,6 +84,11 @@ async def await_until(
         await asyncio.sleep(step)
 
 
+def server_time(stamp: str) -> float:
+    """A server's timestamp (ISO 8601 UTC to the millisecond, with a Z) in epoch seconds."""
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
 def presence(daemon: Daemon, *user_ids: str) -> dict[str, Any]:
     code, body = daemon.get_json("/presence?userIds=" + ",".join(user_ids))
     assert code == 200, body
@@ -136,13 +142,28 @@ class Client:
         assert message["type"] == "PRESENCE_DIFF", message
         return message
 
-    async def quiet(self, seconds: float) -> None:
-        """Nothing arrives for this long."""
-        try:
-            message = await asyncio.wait_for(self.ws.recv(), seconds)
-        except TimeoutError:
-            return
-        raise AssertionError(f"unexpected {message}")
+    async def diff_of(self, user_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The next message, which must be a PRESENCE_DIFF about ``user_id``: an ordering
+        proof that nothing else reached this client before it."""
+        diff = await self.diff(timeout)
+        assert diff["userId"] == user_id, diff
+        return diff
+
+    async def diffs_until(self, user_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Every PRESENCE_DIFF up to the first one about ``user_id`` (a probe whose change
+        was made after everything else), that one left out."""
+        got = []
+        while (diff := await self.diff(timeout))["userId"] != user_id:
+            got.append(diff)
+        return got
+
+    async def handled(self) -> str:
+        """A HEARTBEAT whose ACK is the very next message: the server has handled all this
+        client sent before, and had nothing else for it. Returns the ACK's timestamp."""
+        await self.send("HEARTBEAT")
+        ack = await self.next()
+        assert ack["type"] == "HEARTBEAT_ACK", ack
+        return str(ack["timestamp"])
 
     async def disconnect(self) -> None:
         await self.send("DISCONNECT")
