@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -40,26 +38,6 @@ async def run(flow: Callable[[], Awaitable[None]]) -> None:
 def gone(daemon: Daemon, user_id: str) -> None:
     """Waits until the cluster has seen the user's only connection go."""
     wait_until(lambda: presence(daemon, user_id)[user_id]["connections"] == 0, f"{user_id} dropped")
-
-
-def restore(proxy: TcpProxy) -> None:
-    """``proxy.restore()`` once the cut's listening socket is really gone: the proxy's accept
-    thread keeps the port bound until one more connection attempt wakes it up, so this
-    makes that attempt itself rather than waiting for the node's next reconnect."""
-
-    def released() -> bool:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", proxy.port))
-            except OSError:
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
-                return False
-        return True
-
-    wait_until(released, "the cut proxy's port released")
-    proxy.restore()
 
 
 def nodes_seen(expected: int, *nodes: Daemon) -> None:
@@ -372,7 +350,7 @@ def test_a_cut_to_redis_heals_and_a_long_one_ends_then_restores_presence(
         await alice.update("busy")
         assert (await local.diff())["status"] == "busy"  # local presence still works
         await alice.handled()  # served all along
-        restore(proxy)
+        proxy.restore()
         wait_health(a, 200, timeout=10)  # re-registered and re-read: serving again
         diff = await bob.diff()
         assert diff["status"] == "busy"
@@ -383,7 +361,7 @@ def test_a_cut_to_redis_heals_and_a_long_one_ends_then_restores_presence(
         proxy.cut()  # longer than the node timeout: b ends a's connections
         diff = await bob.diff(timeout=6)
         assert diff["status"] == "offline"
-        restore(proxy)  # a re-registers alice, who never left
+        proxy.restore()  # a re-registers alice, who never left
         wait_health(a, 200, timeout=10)
         diff = await bob.diff(timeout=6)
         assert (diff["status"], diff["connections"]) == ("busy", 1)

@@ -202,9 +202,17 @@ class TcpProxy:
         return b"".join(out)
 
     def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            # shutdown() wakes the accept thread blocked on it (close() alone does not, and
+            # the port stayed bound until one more connection came); then no connection
+            # can get through after the cut.
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            server.close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+                assert not self._thread.is_alive(), "the proxy's accept thread did not stop"
         with self._lock:
             sockets, self._sockets = self._sockets, []
             self._pipes = []
