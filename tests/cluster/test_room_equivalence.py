@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from presence.cluster.room_store import ROOM_SCRIPTS, parse_room_message
 from presence.cluster.store import load_script, stamp
 from presence.core import wire
-from presence.core.model import Connection, PresenceModel
+from presence.core.model import OFFLINE, Connection, PresenceModel, UserView
 from presence.core.rooms import Member, Rooms
 from tests.support.redis_fixture import REDIS_SERVER, RedisServer, Resp, needs_redis
 
@@ -117,6 +117,17 @@ class Twin:
             assert self.seen[room] == want
         assert self.r.call("SCARD", "presence:rooms") == self.rooms.room_count
         assert int(self.r.call("GET", "presence:rmembers") or 0) == self.rooms.membership_count
+
+    def keep_seen_in_grace(self, before: dict[str, UserView]) -> None:
+        """A batch (a sweep, a re-registration) that ended all of a user's connections into
+        the grace keeps what watchers saw before it, where the model keeps the view of the
+        last connection it closed (as in test_cluster_equivalence): hand the model the same."""
+        for uid in USERS:
+            view = self.model.view(uid)
+            in_grace = view.status != OFFLINE and self.model.connections_of(uid) == 0
+            if in_grace and not view.looks_like(before[uid]):
+                user = self.model._users[uid]
+                user.view = UserView(before[uid].status, before[uid].metadata, None, 0)
 
     def add_node(self) -> str:
         self.node_serial += 1
@@ -218,6 +229,7 @@ class Twin:
         if not held:
             return
         node = held[i % len(held)]
+        before = {uid: self.model.view(uid) for uid in USERS}
         last_seen = self.nodes.pop(node)
         self.r.call("DEL", f"presence:alive:{node}")
         sweeper = self.add_node()
@@ -228,7 +240,51 @@ class Twin:
                 self.user_changed(self.model.close(conn, last_seen, clean=False))
         self.rooms.expire(self.now)
         self.user_changed(self.model.expire(self.now))
+        self.keep_seen_in_grace(before)
         self.lua("sweep", sweeper, stamp(self.now), TTL, self.grace, "")
+        self.lua("room_expire", stamp(self.now), TTL, 100)
+        self.lua("expire", stamp(self.now), TTL, 100)
+        self.check()
+
+    def outage(self, i: int, clean: bool) -> None:
+        """A node off Redis for a second: one of its connections closes and another leaves a
+        room meanwhile; back, it re-registers (resync.lua, then room_resync.lua)."""
+        held = sorted({node for node, _ in self.conns.values()})
+        if not held:
+            return
+        node = held[i % len(held)]
+        mine = sorted(cid for cid, (n, _) in self.conns.items() if n == node)
+        before = {uid: self.model.view(uid) for uid in USERS}
+        at = self.now
+        ended, room_ended = [], []
+        closing = self.conns.pop(mine[i % len(mine)])[1]
+        for name in closing.rooms or ():
+            room_ended.extend((name, closing.id, stamp(at), int(clean)))
+        self.rooms.closed(closing, at, clean)
+        self.user_changed(self.model.close(closing, at, clean))
+        ended.extend((closing.id, closing.user_id, stamp(at), int(clean)))
+        rest = [self.conns[cid][1] for cid in mine if cid in self.conns]
+        if rest and rest[0].rooms:
+            leaving, name = rest[0], sorted(rest[0].rooms)[0]
+            self.rooms.leave(leaving, name, at)
+            room_ended.extend((name, leaving.id, stamp(at), 1))
+        self.now += 1.0
+        self.rooms.expire(self.now)
+        self.user_changed(self.model.expire(self.now))
+        self.keep_seen_in_grace(before)
+        live: list[object] = []
+        room_live: list[object] = []
+        for conn in sorted(rest, key=lambda c: c.metadata_seq):
+            md = orjson.dumps(conn.metadata).decode() if conn.metadata_seq else ""
+            live.extend((conn.id, conn.user_id, conn.status, md))
+            for name, joined in sorted((conn.rooms or {}).items(), key=lambda x: x[1].seq):
+                room_md = orjson.dumps(joined.metadata).decode() if joined.seq else ""
+                room_live.append((joined.seq, (conn.id, conn.user_id, name, room_md)))
+        args = (node, stamp(self.now), TTL, self.grace, NODE_TTL_MS, len(rest))
+        self.lua("resync", *args, *live, *ended)
+        flat = [x for _, item in sorted(room_live, key=lambda x: x[0]) for x in item]
+        n = len(room_live)
+        self.lua("room_resync", node, stamp(self.now), self.grace, TTL, n, *flat, *room_ended)
         self.lua("room_expire", stamp(self.now), TTL, 100)
         self.lua("expire", stamp(self.now), TTL, 100)
         self.check()
@@ -252,6 +308,7 @@ steps = st.one_of(
     st.tuples(st.just("close"), i, st.booleans()),
     st.tuples(st.just("wait"), st.sampled_from((0.5, 3.0, 6.0))),
     st.tuples(st.just("die"), i),
+    st.tuples(st.just("outage"), i, st.booleans()),
     st.tuples(st.just("beat")),
 )
 
