@@ -168,6 +168,9 @@ class RoomStreams:
                 room = self._rooms.get(name)
                 if room is not None:
                     room.subscribed = True
+                    callbacks, room.on_subscribed = room.on_subscribed, []
+                    for callback in callbacks:  # joins sent since the registration
+                        callback()
                     reads.append(self._read(name, room))
             return defer.gatherResults(reads, consumeErrors=True)
 

@@ -249,10 +249,10 @@ class Rooms:
             if presence is None:
                 presence = room.users[conn.user_id] = _Presence()
                 self._of_user.setdefault(conn.user_id, set()).add(name)
-            presence.lingering.clear()  # back within the grace: never seen leaving
             presence.joined[conn.id] = joined
             room.peers[conn.id] = conn.peer
         assert room is not None
+        room.users[conn.user_id].lingering.clear()  # back within the grace: never seen leaving
         if metadata is not None:
             self._set(joined, metadata)
         self._touch(name, room, conn.user_id, now)

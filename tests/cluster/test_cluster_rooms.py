@@ -178,3 +178,21 @@ def test_off_redis_the_room_is_this_nodes_then_one_net_diff_after_the_reread() -
     assert kinds(l_peer) == [("DIFF", [], ["bob"], [])]  # only what differs from what it was told
     w.publish("r", msg(9, "zed", M))  # in the snapshot already
     assert kinds(l_peer) == []
+
+
+def test_a_join_sent_between_the_registration_and_the_reread_goes_out_with_the_reread() -> None:
+    w = World()
+    lou, l_peer = w.conn("c1", "lou")
+    w.rooms.go_local()
+    w.rooms.join(lou, "r", None, 100.0, remote=False)
+    kinds(l_peer)
+    alice, a_peer = w.conn("c2", "alice")
+    w.rooms.join(alice, "r", None, 101.0, remote=True)  # registered, not re-read yet
+    assert [c[0] for c in w.store.calls] == []
+    w.rooms.reread()
+    _, joined = w.store.take("join")
+    _, snapshot = w.store.take("snapshot")
+    joined.callback((1, 4))
+    snapshot.callback(RoomSnapshot(4, {"lou": M, "alice": M}))
+    assert kinds(a_peer) == [("STATE", "alice", "lou", 2)]
+    assert kinds(l_peer) == [("DIFF", ["alice"], [], [])]

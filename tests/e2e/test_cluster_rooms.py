@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -224,5 +225,64 @@ def test_rooms_stay_local_while_redis_is_away_and_converge_after(
         assert state["members"]["alice"] == member("online", {"typing": True})
         assert set(state["members"]) == {"lou", "alice", "mia", "wes"}
         assert page(a, "r")["count"] == 4
+
+    asyncio.run(run(flow))
+
+
+def test_a_rejoin_on_another_node_within_the_grace_is_never_seen_leaving(
+    start_daemon: Start, redis_server: RedisServer
+) -> None:
+    a = start_node(start_daemon, redis_server.url, grace=30)
+    b = start_node(start_daemon, redis_server.url, grace=30)
+
+    async def flow() -> None:
+        watcher = await Client.connect(b, "wes")
+        await join(watcher, "r")
+        alice = await Client.connect(a, "alice")
+        await join(alice, "r", {"n": 1})
+        assert list((await room_diff(watcher))["joins"]) == ["alice"]
+        await alice.ws.close(code=1001)  # not a goodbye: she lingers for the grace
+        diff = await room_diff(watcher)
+        assert diff["updates"] == {"alice": member("online", {"n": 1}, 0)}
+        again = await Client.connect(b, "alice")  # back, on the other node
+        state = await join(again, "r")
+        assert state["members"]["alice"] == member("online", {}, 1)
+        diffs = await diffs_until_quiet(watcher, 1.0)
+        assert all(not d["leaves"] and not d["joins"] for d in diffs), diffs
+        assert diffs[-1]["updates"]["alice"]["connections"] == 1
+
+    asyncio.run(run(flow))
+
+
+def test_the_member_cap_holds_across_nodes_and_a_sigterm_keeps_the_grace(
+    start_daemon: Start, redis_server: RedisServer
+) -> None:
+    cap = ("--max-room-members", "2")
+    a = start_node(start_daemon, redis_server.url, *cap, grace=30)
+    b = start_node(start_daemon, redis_server.url, *cap, grace=30)
+
+    async def flow() -> None:
+        alice = await Client.connect(a, "alice")
+        bob = await Client.connect(b, "bob")
+        await join(alice, "r")
+        await join(bob, "r")
+        carol = await Client.connect(a, "carol")
+        await carol.send("JOIN", room="r")
+        refused = await carol.next()
+        assert (refused["type"], refused["code"]) == ("ERROR", "ROOM_FULL")
+        alice2 = await Client.connect(b, "alice")  # already a member: not refused
+        assert (await join(alice2, "r"))["count"] == 2
+        await diffs_until_quiet(bob, 0.5)
+        await await_until(
+            lambda: b.metrics().get("presence_room_members_current") == 2, "the cluster's count"
+        )
+        assert a.metrics()["presence_rooms_current"] == 1
+
+        a.signal(signal.SIGTERM)  # alice's first tab ends with a's stop, into the grace
+        assert a.wait(10) in (0, -signal.SIGTERM)
+        diff = await room_diff(bob)
+        assert diff["updates"] == {"alice": member("online", {}, 1)}
+        await bob.quiet(0.5)  # nobody left
+        assert sorted(page(b, "r")["members"]) == ["alice", "bob"]
 
     asyncio.run(run(flow))

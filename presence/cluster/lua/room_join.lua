@@ -14,17 +14,17 @@ if not rec then
   if cap > 0 and redis.call('HEXISTS', rkey, uid) == 0 and redis.call('HLEN', rkey) >= cap then
     return {-1, room_version(room)}
   end
-  -- back within the grace: the user's lingering memberships of the room end unseen
-  local all = redis.call('HGETALL', key)
-  for i = 1, #all, 2 do
-    local _, e = room_split(all[i + 1])
-    if e ~= '' then
-      redis.call('HDEL', key, all[i])
-      redis.call('ZREM', RP .. 'rgrace', room .. '\n' .. uid .. '\n' .. all[i])
-    end
-  end
   rec = '0\t\t{}'
   redis.call('HSET', RP .. 'nm:' .. node, room .. '\n' .. conn, uid)
+end
+-- back within the grace: the user's lingering memberships of the room end unseen
+local all = redis.call('HGETALL', key)
+for i = 1, #all, 2 do
+  local _, e = room_split(all[i + 1])
+  if e ~= '' then
+    redis.call('HDEL', key, all[i])
+    redis.call('ZREM', RP .. 'rgrace', room .. '\n' .. uid .. '\n' .. all[i])
+  end
 end
 local q, _, m = room_split(rec)
 if ARGV[5] == '1' then
