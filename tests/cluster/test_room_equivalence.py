@@ -282,6 +282,7 @@ class Twin:
                 room_live.append((joined.seq, (conn.id, conn.user_id, name, room_md)))
         args = (node, stamp(self.now), TTL, self.grace, NODE_TTL_MS, len(rest))
         self.lua("resync", *args, *live, *ended)
+        self.nodes[node] = self.now  # a registration counts as a heartbeat
         flat = [x for _, item in sorted(room_live, key=lambda x: x[0]) for x in item]
         n = len(room_live)
         self.lua("room_resync", node, stamp(self.now), self.grace, TTL, n, *flat, *room_ended)

@@ -286,3 +286,31 @@ def test_the_member_cap_holds_across_nodes_and_a_sigterm_keeps_the_grace(
         assert sorted(page(b, "r")["members"]) == ["alice", "bob"]
 
     asyncio.run(run(flow))
+
+
+def test_a_node_taken_for_dead_re_registers_its_members(
+    start_daemon: Start, redis_server: RedisServer, tcp_proxy: Callable[[int], TcpProxy]
+) -> None:
+    proxy = tcp_proxy(redis_server.port)
+    a = start_node(start_daemon, f"redis://127.0.0.1:{proxy.port}/0", node_timeout=3)
+    b = start_node(start_daemon, redis_server.url, node_timeout=3)
+
+    async def flow() -> None:
+        alice = await Client.connect(a, "alice")
+        bob = await Client.connect(b, "bob")
+        await join(alice, "r", {"x": 1})
+        await join(bob, "r")
+        await diffs_until_quiet(alice, 0.5)
+
+        proxy.cut()  # longer than the node timeout: b ends a's memberships
+        diff = await room_diff(bob, timeout=10)
+        assert list(diff["leaves"]) == ["alice"]
+        proxy.restore()  # a re-registers alice's membership, which never ended
+        wait_health(a, 200, timeout=15)
+        diff = await room_diff(bob, timeout=10)
+        assert diff["joins"] == {"alice": member("online", {"x": 1})}
+        assert sorted(page(b, "r")["members"]) == ["alice", "bob"]
+        rest = await diffs_until_quiet(alice, 1.0)  # its own node never saw alice leave
+        assert all("alice" not in d["leaves"] for d in rest), rest
+
+    asyncio.run(run(flow))
