@@ -9,12 +9,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from presence.cluster.room_store import FULL, RoomSnapshot, room_channel
 from presence.cluster.rooms import ClusterRooms
 from presence.core.model import Connection
 from presence.core.rooms import Member, Rooms
-from tests.cluster.fakes import FakeLink, Peer
+from tests.cluster.fakes import FakeLink, Peer, make_node, opened
 
 
 class Store:
@@ -196,3 +197,22 @@ def test_a_join_sent_between_the_registration_and_the_reread_goes_out_with_the_r
     snapshot.callback(RoomSnapshot(4, {"lou": M, "alice": M}))
     assert kinds(a_peer) == [("STATE", "alice", "lou", 2)]
     assert kinds(l_peer) == [("DIFF", ["alice"], [], [])]
+
+
+def test_the_hub_writes_rooms_to_redis_while_serving_and_serves_them_locally_when_away() -> None:
+    node = make_node()
+    alice = opened(node.hub.open("c1", "alice", Peer(), 0))  # the fake store answers at once
+    node.hub.join(alice, "r", {"x": 1}, 1.0)
+    assert node.link.subscribes[-1][0] == [room_channel("r")]
+    assert node.link.evals[-1][:4] == ["n#test", "c1", "alice", "r"]  # room_join.lua's ARGV
+
+    node.link.lose()
+    assert node.hub.phase == "away"
+    assert isinstance(opened(node.hub.room_page("r", 10, None)), Failure)
+    bob = opened(node.hub.open("c2", "bob", Peer(), 2.0))
+    peer = bob.peer
+    assert isinstance(peer, Peer)
+    node.hub.join(bob, "r", None, 2.0)
+    state = peer.got[-1]
+    assert state["type"] == "ROOM_STATE"
+    assert sorted(state["members"]) == ["alice", "bob"]  # this node's own view
