@@ -41,6 +41,7 @@ class Daemon(MultiService):
                 reactor,
                 ClusterMetrics(self.metrics.registry),
                 config.max_connections_per_user,
+                rooms(config, self.model),
             )
             # On stop it removes this node's connections from Redis, after the clients left.
             self.hub.setServiceParent(self)

@@ -29,13 +29,15 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..core import wire
-from ..core.model import Connection, Peer, PresenceModel, UserView
-from ..hub import Figures
+from ..core.model import Change, Connection, Peer, PresenceModel, UserView
+from ..core.rooms import Rooms
+from ..hub import Figures, RoomFigures, RoomPage
 from .link import RedisLink, RedisUnavailable
 from .metrics import ClusterMetrics, Errors
 from .options import ClusterConfig
 from .registration import Registration
+from .room_store import RoomStore
+from .rooms import ClusterRooms
 from .store import Store
 from .watches import Watches
 from .writes import Writes
@@ -43,13 +45,6 @@ from .writes import Writes
 __all__ = ["ClusterConfig", "ClusterHub", "build_cluster_hub"]
 
 log = Logger()
-
-
-class _NoRooms:
-    room_count = membership_count = diffs_sent = 0
-
-
-_NO_ROOMS = _NoRooms()
 
 
 class ClusterHub(Service):
@@ -62,6 +57,7 @@ class ClusterHub(Service):
         store: Store,
         metrics: ClusterMetrics | None = None,
         max_connections_per_user: int = 0,
+        rooms: Rooms | None = None,
     ) -> None:
         self._model = model
         self.config = config
@@ -82,10 +78,22 @@ class ClusterHub(Service):
             self._resync_needed,
             max_connections_per_user,
         )
+        local = rooms or Rooms(lambda user_id: model.view(user_id).status, model.offline_grace)
+        room_store = RoomStore(link, store.node, model.offline_grace, config.last_seen_ttl)
+        self._rooms = ClusterRooms(local, link, room_store, clock, errors, model.all_connections)
         self._life = Registration(
-            model, config, clock, link, store, self._watches, self._writes, errors, metrics
+            model,
+            config,
+            clock,
+            link,
+            store,
+            self._watches,
+            self._writes,
+            errors,
+            metrics,
+            self._rooms,
         )
-        link.on_message = self._watches.message
+        link.on_message = self._message
 
     @property
     def phase(self) -> str:
@@ -132,16 +140,20 @@ class ClusterHub(Service):
             self._writes.update(conn, status, metadata, now, changes)
         else:
             self._watches.deliver_local(changes)
+            self._rooms_changed(changes, now)
 
     def close(self, conn: Connection, now: float, clean: bool) -> None:
         watched = tuple(conn.watching)
+        writable = self._life.phase.writable
+        self._rooms.close(conn, now, clean, writable)  # first: the user's status follows
         changes = self._model.close(conn, now, clean)
         self._watches.forget(conn)
-        if self._life.phase.writable:
+        if writable:
             self._writes.close(conn, now, clean, changes)
         else:
             self._life.note_ended(conn.id, conn.user_id, now, clean)
             self._watches.deliver_local(changes)
+            self._rooms_changed(changes, now)
         self._watches.unwatch_unwatched(watched)
 
     def subscribe(self, conn: Connection, user_ids: Iterable[str], now: float) -> None:
@@ -151,11 +163,14 @@ class ClusterHub(Service):
         self._watches.unsubscribe(conn, user_ids)
 
     def tick(self, now: float) -> None:
+        writable = self._life.phase.writable
+        self._rooms.tick(now, writable)  # first: memberships end before their users
         changes = self._model.expire(now)
-        if self._life.phase.writable:
+        if writable:
             self._writes.expire(now, changes)
         else:
             self._watches.deliver_local(changes)
+            self._rooms_changed(changes, now)
 
     def lookup(self, user_ids: Iterable[str]) -> defer.Deferred[dict[str, UserView]]:
         ids = list(user_ids)
@@ -170,23 +185,39 @@ class ClusterHub(Service):
         present = self._life.users_present
         return self._model.online_user_count if present is None else present
 
-    # -- rooms: not across the cluster yet -------------------------------------------------
+    # -- rooms (``rooms``) -------------------------------------------------------------------
 
     @property
-    def room_figures(self) -> Any:
-        return _NO_ROOMS
+    def room_figures(self) -> RoomFigures:
+        return self._rooms
 
-    def join(self, conn: Connection, room: str, metadata: Any, now: float) -> None:
-        raise wire.WireError("UNAVAILABLE", "rooms are not served with --redis yet")
+    def join(
+        self, conn: Connection, room: str, metadata: Mapping[str, Any] | None, now: float
+    ) -> None:
+        self._rooms.join(conn, room, metadata, now, self._life.phase.writable)
 
-    def room_update(self, conn: Connection, room: str, metadata: Any, now: float) -> None:
-        raise wire.WireError("UNAVAILABLE", "rooms are not served with --redis yet")
+    def room_update(
+        self, conn: Connection, room: str, metadata: Mapping[str, Any], now: float
+    ) -> None:
+        self._rooms.update(conn, room, metadata, now, self._life.phase.writable)
 
     def leave(self, conn: Connection, room: str, now: float) -> None:
-        pass
+        self._rooms.leave(conn, room, now, self._life.phase.writable)
 
-    def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[Any]:
-        return defer.fail(RedisUnavailable("rooms are not served with --redis yet"))
+    def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
+        writable = self._life.phase.writable
+        if not writable:
+            return defer.fail(RedisUnavailable(self.health_problem() or "redis is down"))
+        return self._rooms.page(room, limit, after)
+
+    def _rooms_changed(self, changes: list[Change], now: float) -> None:
+        """Off Redis: users whose presence changed as this node sees it, in its rooms."""
+        for change in changes:
+            self._rooms.user_changed(change.user_id, now)
+
+    def _message(self, name: str, payload: str) -> None:
+        if not self._rooms.message(name, payload):
+            self._watches.message(name, payload)
 
     def health_problem(self) -> str | None:
         return self._life.phase.problem(self.link.problem)
@@ -214,6 +245,7 @@ def build_cluster_hub(
     reactor: Any,
     metrics: ClusterMetrics | None = None,
     max_connections_per_user: int = 0,
+    rooms: Rooms | None = None,
 ) -> ClusterHub:
     """The hub on a real Redis link; each run of the node gets a fresh incarnation id."""
     node = f"{config.node_name}#{os.urandom(4).hex()}"
@@ -224,4 +256,4 @@ def build_cluster_hub(
         max_backoff=config.max_backoff,
     )
     store = Store(link, node, model.offline_grace, config.last_seen_ttl)
-    return ClusterHub(model, config, reactor, link, store, metrics, max_connections_per_user)
+    return ClusterHub(model, config, reactor, link, store, metrics, max_connections_per_user, rooms)

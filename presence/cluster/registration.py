@@ -18,7 +18,7 @@ within it even when no client writes anything.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -40,6 +40,16 @@ log = Logger()
 LEAVE_TIMEOUT = 2.0
 
 
+class RoomSync(Protocol):
+    """The rooms' part of a registration (``rooms.ClusterRooms``)."""
+
+    def resync(self, now: float) -> defer.Deferred[Any]: ...
+
+    def reread(self) -> defer.Deferred[Any]: ...
+
+    def go_local(self) -> None: ...
+
+
 class Registration:
     """The machine's core: ``phase`` is always the machine's current state."""
 
@@ -54,8 +64,10 @@ class Registration:
         writes: Writes,
         errors: Callable[[Failure, str], None],
         metrics: ClusterMetrics | None = None,
+        rooms: RoomSync | None = None,
     ) -> None:
         self._model = model
+        self._rooms = rooms
         self.config = config
         self._clock = clock
         self._link = link
@@ -133,6 +145,10 @@ class Registration:
             empty = yield self._store.resync(now, self.config.node_timeout, live, ended)
             if current != self._round:
                 return
+            if self._rooms is not None:
+                yield self._rooms.resync(now)
+                if current != self._round:
+                    return
             for connection_id, *_ in ended:
                 self._ended.pop(connection_id, None)
             first = bool(self._earlier_runs)
@@ -165,9 +181,11 @@ class Registration:
             if current == self._round:
                 self.machine.resynced()
 
-        self._watches.reread().addCallbacks(
-            done, self._round_failed, errbackArgs=(current, "re-read")
-        )
+        reads = [self._watches.reread()]
+        if self._rooms is not None:
+            reads.append(self._rooms.reread())
+        d = defer.gatherResults(reads, consumeErrors=True)
+        d.addCallbacks(done, self._round_failed, errbackArgs=(current, "re-read"))
 
     def serve(self) -> None:
         log.info(
@@ -186,6 +204,8 @@ class Registration:
         self._round += 1
         self._cancel_peers()
         self._watches.settle_locally()
+        if self._rooms is not None:
+            self._rooms.go_local()
         unanswered = self._writes.take_unanswered()
         self._ended.update(unanswered.closed)
         self._watches.deliver_views(unanswered.users)

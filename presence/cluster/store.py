@@ -73,7 +73,8 @@ def stamp(now: float) -> str:
 def load_script(name: str) -> str:
     package = resources.files("presence.cluster") / "lua"
     common = package.joinpath("_common.lua").read_text()
-    return common + "\n" + package.joinpath(f"{name}.lua").read_text()
+    rooms = package.joinpath("_rooms.lua").read_text()  # settle and reap call into it
+    return rooms + "\n" + common + "\n" + package.joinpath(f"{name}.lua").read_text()
 
 
 _SCRIPT_TEXT = {name: load_script(name) for name in SCRIPTS}

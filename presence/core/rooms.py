@@ -76,14 +76,74 @@ class _Presence:
 
 
 @dataclass(slots=True)
-class _Room:
-    users: dict[str, _Presence] = field(default_factory=dict)
-    peers: dict[str, Peer] = field(default_factory=dict)  # joined connections: who is told
+class Told:
+    """What a room's members were last told of each user, and who changed since: the
+    batching state ``flush`` works on (for ``Rooms`` and for ``RoomReplica`` alike)."""
+
     told: dict[str, Member] = field(default_factory=dict)
     dirty: dict[str, float] = field(default_factory=dict)  # userId -> when it changed
     told_count: int = 0
     flush_at: float | None = None  # a batched room: when its next diff is due
     last_flush: float = float("-inf")
+
+
+Changes = tuple[dict[str, Member], dict[str, float], dict[str, Member]]
+
+
+def hold(told: Told, count: int, threshold: int, interval: float, now: float) -> bool:
+    """Whether a room of ``count`` members waits for its batch window (scheduling it)."""
+    if count > threshold or len(told.told) > threshold:
+        if told.flush_at is None:
+            told.flush_at = max(now, told.last_flush + interval)
+        return told.flush_at > now
+    return False
+
+
+def flush(
+    told: Told,
+    member_of: Callable[[str], Member | None],
+    count: int,
+    list_limit: int,
+    now: float,
+    force: str = "",
+) -> Changes | None:
+    """The net change since the room was last told (None: nothing to send); what it tells
+    becomes what the room was told. Past ``list_limit`` only a changed count is sent."""
+    told.flush_at = None
+    told.last_flush = now
+    joins: dict[str, Member] = {}
+    leaves: dict[str, float] = {}
+    updates: dict[str, Member] = {}
+    dirty, told.dirty = told.dirty, {}
+    for user_id, at in dirty.items():
+        before = told.told.get(user_id)
+        after = member_of(user_id)
+        if after is None:
+            if before is not None:
+                leaves[user_id] = at
+                del told.told[user_id]
+            continue
+        if before is None:
+            joins[user_id] = after
+        elif after != before or user_id == force:
+            updates[user_id] = after
+        told.told[user_id] = after
+    if count > list_limit or told.told_count > list_limit:
+        changed = count != told.told_count
+        told.told_count = count
+        if not changed:
+            return None
+        return {}, {}, {}
+    told.told_count = count
+    if not (joins or leaves or updates):
+        return None
+    return joins, leaves, updates
+
+
+@dataclass(slots=True)
+class _Room(Told):
+    users: dict[str, _Presence] = field(default_factory=dict)
+    peers: dict[str, Peer] = field(default_factory=dict)  # joined connections: who is told
 
 
 NO_METADATA: Final[Mapping[str, Any]] = {}
@@ -189,10 +249,10 @@ class Rooms:
             if presence is None:
                 presence = room.users[conn.user_id] = _Presence()
                 self._of_user.setdefault(conn.user_id, set()).add(name)
-            presence.lingering.clear()  # back within the grace: never seen leaving
             presence.joined[conn.id] = joined
             room.peers[conn.id] = conn.peer
         assert room is not None
+        room.users[conn.user_id].lingering.clear()  # back within the grace: never seen leaving
         if metadata is not None:
             self._set(joined, metadata)
         self._touch(name, room, conn.user_id, now)
@@ -300,55 +360,33 @@ class Rooms:
         self, name: str, room: _Room, now: float, skip: str | None = None, force: str = ""
     ) -> list[RoomDiff]:
         """Tell the room now, or when its batch window ends."""
-        if len(room.users) > self.batch_threshold or len(room.told) > self.batch_threshold:
-            if room.flush_at is None:
-                room.flush_at = max(now, room.last_flush + self.batch_interval)
+        scheduled = room.flush_at is not None
+        if hold(room, len(room.users), self.batch_threshold, self.batch_interval, now):
+            if not scheduled and room.flush_at is not None:
                 heapq.heappush(self._due, (room.flush_at, name))
-            if room.flush_at > now:
-                self._forget_if_empty(name, room)
-                return []
+            self._forget_if_empty(name, room)
+            return []
+        if not scheduled and room.flush_at is not None:
+            heapq.heappush(self._due, (room.flush_at, name))
         return self._flush(name, room, now, skip, force)
 
     def _flush(
         self, name: str, room: _Room, now: float, skip: str | None = None, force: str = ""
     ) -> list[RoomDiff]:
-        room.flush_at = None
-        room.last_flush = now
-        joins: dict[str, Member] = {}
-        leaves: dict[str, float] = {}
-        updates: dict[str, Member] = {}
-        dirty, room.dirty = room.dirty, {}
-        for user_id, at in dirty.items():
-            before = room.told.get(user_id)
-            presence = room.users.get(user_id)
-            if presence is None:
-                if before is not None:
-                    leaves[user_id] = at
-                    del room.told[user_id]
-                continue
-            after = self._member(user_id, presence)
-            if before is None:
-                joins[user_id] = after
-            elif after != before or user_id == force:
-                updates[user_id] = after
-            room.told[user_id] = after
-        count = len(room.users)
+        users = room.users
+
+        def member_of(user_id: str) -> Member | None:
+            presence = users.get(user_id)
+            return None if presence is None else self._member(user_id, presence)
+
+        changes = flush(room, member_of, len(users), self.list_limit, now, force)
+        count = len(users)
         recipients = tuple(p for cid, p in room.peers.items() if cid != skip)
         self._forget_if_empty(name, room)
-        if count > self.list_limit or room.told_count > self.list_limit:
-            changed = count != room.told_count
-            room.told_count = count
-            if not changed:
-                return []
-            joins, leaves, updates = {}, {}, {}
-        elif not (joins or leaves or updates):
-            room.told_count = count
-            return []
-        room.told_count = count
-        if not recipients:
+        if changes is None or not recipients:
             return []
         self.diffs_sent += len(recipients)
-        return [RoomDiff(name, joins, leaves, updates, count, recipients)]
+        return [RoomDiff(name, *changes, count, recipients)]
 
     def _forget_if_empty(self, name: str, room: _Room) -> None:
         if not room.users and not room.dirty and room.flush_at is None:

@@ -65,6 +65,7 @@ class FakeLink:
         self.hold_subscribes = False
         self.subscribes: list[tuple[list[str], defer.Deferred[Any]]] = []
         self.unsubscribed: list[str] = []
+        self.evals: list[list[Any]] = []
         self.aborted: list[str] = []
         self.stops = 0
 
@@ -94,6 +95,11 @@ class FakeLink:
         if not self.hold_subscribes:
             d.callback(None)
         return d
+
+    def eval(self, script: str, args: Any) -> defer.Deferred[Any]:
+        """The room scripts: recorded, never answered (the user scripts go to FakeStore)."""
+        self.evals.append(list(args))
+        return defer.Deferred()
 
     def unsubscribe(self, channels: Any) -> None:
         self.unsubscribed.extend(channels)

@@ -4,6 +4,7 @@ observer that applies every ROOM_DIFF it gets to its ROOM_STATE holds exactly th
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import given, settings
@@ -73,10 +74,11 @@ def test_members_and_an_observers_replica_match_the_reference(ops: list[Any]) ->
         replica[r] = dict(state.members)
         ref.joined[(obs.id, r)] = {"user": obs.user_id, "md": {}, "seq": 0, "ended": None}
     conns: dict[int, Connection] = {}
+    serial = itertools.count()
 
     def conn(i: int) -> Connection:
-        if i not in conns:
-            conns[i] = Connection(f"c{i}.{len(ref.joined)}", USERS[i % 3], Peer(), now)
+        if i not in conns:  # a fresh id: a closed connection's records may linger
+            conns[i] = Connection(f"c{i}.{next(serial)}", USERS[i % 3], Peer(), now)
         return conns[i]
 
     def apply(diffs: list[RoomDiff]) -> None:

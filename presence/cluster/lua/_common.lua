@@ -45,6 +45,7 @@ local function go_offline(uid, at, ttl)
   redis.call('EXPIRE', ukey, ttl)
   local v = redis.call('HINCRBY', ukey, 'v', 1)
   publish(uid, v, 'offline', 0, at, '{}')
+  rooms_user_changed(uid, 'offline')
   return v
 end
 
@@ -81,11 +82,13 @@ local function settle(uid, now, ttl, ending)
   redis.call('SADD', P .. 'present', uid)
   if st == ost and md == omd and ols == '' then return 0 end
   publish(uid, redis.call('HINCRBY', ukey, 'v', 1), st, lc, '', md)
+  rooms_user_changed(uid, st)
   return 1
 end
 
 -- End every connection of a node (its death, or its own graceful stop). Returns how many.
 local function reap(node, now, ttl, grace, at)
+  rooms_reap(node, now, ttl, grace, at)
   local nkey = P .. 'nc:' .. node
   local conns = redis.call('HGETALL', nkey)
   local users = {}
