@@ -42,13 +42,32 @@ async def room_diff(client: Client, timeout: float = 5.0) -> dict[str, Any]:
     return message
 
 
-async def diffs_until_quiet(client: Client, quiet: float) -> list[dict[str, Any]]:
+async def diffs_until_members(
+    client: Client, view: set[str], want: set[str], timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Every ROOM_DIFF until the client's ``view`` of the members (its ROOM_STATE's, then
+    the joins and leaves told since; kept up to date in place) is ``want``: a generous
+    timeout per message, no quiet wait."""
     out = []
-    while True:
-        try:
-            out.append(await room_diff(client, quiet))
-        except TimeoutError:
-            return out
+    while view != want:
+        diff = await room_diff(client, timeout)
+        view |= set(diff["joins"])
+        view -= set(diff["leaves"])
+        out.append(diff)
+    return out
+
+
+async def diffs_until_probe(
+    client: Client, probe: str, timeout: float = 10.0
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every ROOM_DIFF before the one telling the join of ``probe`` (a user who joined the
+    room after the change under test; room streams are ordered by version, so whatever
+    came of that change came before it), and that one, which must tell the probe only."""
+    out = []
+    while probe not in (diff := await room_diff(client, timeout))["joins"]:
+        out.append(diff)
+    assert list(diff["joins"]) == [probe] and not diff["leaves"] and not diff["updates"], diff
+    return out, diff
 
 
 def member(status: str, metadata: Any, connections: int = 1) -> dict[str, Any]:
@@ -83,11 +102,11 @@ def test_two_users_in_one_room_on_two_nodes(start_daemon: Start, redis_server: R
             {},
             2,
         )
-        await bob.quiet(0.3)  # no diff of its own join
 
         await bob.send("ROOM_UPDATE", room="doc:1", metadata={"cursor": 9})
         diff = await room_diff(alice)
         assert diff["updates"] == {"bob": member("online", {"cursor": 9})}
+        # His own update is bob's next message: no diff of its own join came before it.
         assert (await room_diff(bob))["updates"] == diff["updates"]
 
         await alice.update("busy")  # her own presence: an update in her rooms
@@ -103,10 +122,11 @@ def test_two_users_in_one_room_on_two_nodes(start_daemon: Start, redis_server: R
         await bob.send("LEAVE", room="doc:1")
         diff = await room_diff(alice)
         assert list(diff["leaves"]) == ["bob"] and diff["count"] == 1
-        await bob.quiet(0.3)  # nothing more for that room
+        await bob.handled()  # nothing more for that room: the ACK is his next message
 
         await alice.disconnect()  # clean: she leaves at once
         await await_until(lambda: page(b, "doc:1")["count"] == 0, "the room empties")
+        await bob.handled()  # nor of her leaving it
 
     asyncio.run(run(flow))
 
@@ -120,32 +140,42 @@ def test_a_join_storm_into_a_large_room_is_batched_on_every_node(
 
     async def flow() -> None:
         observers = [await Client.connect(node, f"obs{i}") for i, node in enumerate(nodes)]
-        for observer in observers:
-            await join(observer, "big")
-        for observer in observers:  # the other observers' joins, told at once (small room)
-            await diffs_until_quiet(observer, 0.5)
+        names = {o.user_id for o in observers}
+        states = [await join(observer, "big") for observer in observers]
+        views = [set(state["members"]) for state in states]
+        for observer, seen_by in zip(observers, views, strict=True):
+            # the other observers' joins, told at once (small room)
+            await diffs_until_members(observer, seen_by, names)
 
         clients = [await Client.connect(nodes[i % 3], u) for i, u in enumerate(joiners)]
+        seen: list[list[dict[str, Any]]] = [[] for _ in observers]
+        want = set(names)
+        # Two bursts from 3 nodes; the second sent once every observer was told all of
+        # the first (a batched diff of its own), so the storm spans batch windows.
+        for wave in (clients[:18], clients[18:]):
+            await asyncio.gather(*(join(c, "big") for c in wave))
+            want |= {c.user_id for c in wave}
+            for i, observer in enumerate(observers):
+                seen[i] += await diffs_until_members(observer, views[i], want)
 
-        async def join_later(i: int, client: Client) -> None:
-            await asyncio.sleep(i * 0.04)  # about 1.5 s of joins, in bursts from 3 nodes
-            await join(client, "big")
-
-        await asyncio.gather(*(join_later(i, c) for i, c in enumerate(clients)))
-
-        for observer in observers:
-            diffs = await diffs_until_quiet(observer, 1.5)
+        probe = await Client.connect(nodes[0], "probe")
+        await join(probe, "big")  # after every join of the storm, in the room's order
+        for n, observer in enumerate(observers):
+            rest, probed = await diffs_until_probe(observer, "probe")
+            diffs = seen[n] + rest
             told = [u for d in diffs for u in d["joins"]]
             assert sorted(told) == joiners  # every join told, once
             assert all(not d["leaves"] and not d["updates"] for d in diffs)
             assert diffs[-1]["count"] == 3 + len(joiners)
+            assert sum(d["count"] > 5 for d in diffs) >= 2  # the storm spans windows
+            assert probed["count"] == 3 + len(joiners) + 1  # told once: nothing after
+            diffs.append(probed)  # batched too: a window after the storm's last diff
             stamps = [datetime.fromisoformat(d["timestamp"].replace("Z", "+00:00")) for d in diffs]
             for i in range(1, len(diffs)):
                 if diffs[i]["count"] > 5:  # a large room: one diff per window at most
                     gap = (stamps[i] - stamps[i - 1]).total_seconds()
                     assert gap >= 0.5 - 0.002, [(d["count"], d["timestamp"]) for d in diffs]
-            assert sum(d["count"] > 5 for d in diffs) >= 2  # the storm spans windows
-        assert page(nodes[0], "big")["count"] == 3 + len(joiners)
+        assert page(nodes[0], "big")["count"] == 3 + len(joiners) + 1  # and the probe
 
     asyncio.run(run(flow))
 
@@ -162,10 +192,10 @@ def test_a_dead_nodes_members_leave_once_after_the_grace(
         dave = await Client.connect(a, "dave")
         bob = await Client.connect(b, "bob")
         carol = await Client.connect(c, "carol")
-        for client in (bob, carol, alice, dave):
-            await join(client, "r")
-        for client in (bob, carol):
-            await diffs_until_quiet(client, 0.5)
+        states = [await join(client, "r") for client in (bob, carol, alice, dave)]
+        everyone = {"alice", "bob", "carol", "dave"}
+        for client, state in zip((bob, carol), states[:2], strict=True):
+            await diffs_until_members(client, set(state["members"]), everyone)
         assert a.proc is not None
         a.proc.kill()  # kill -9
         for watcher in (bob, carol):
@@ -175,9 +205,12 @@ def test_a_dead_nodes_members_leave_once_after_the_grace(
                 assert not diff["joins"]
                 left.update(diff["leaves"])
             assert sorted(left) == ["alice", "dave"]
-            rest = await diffs_until_quiet(watcher, 1.5)  # exactly once
+        probe = await Client.connect(b, "probe")
+        await join(probe, "r")  # after both watchers were told the leaves
+        for watcher in (bob, carol):
+            rest, _ = await diffs_until_probe(watcher, "probe")  # exactly once
             assert all(not d["leaves"] and not d["joins"] for d in rest), rest
-        assert sorted(page(b, "r")["members"]) == ["bob", "carol"]
+        assert sorted(page(b, "r")["members"]) == ["bob", "carol", "probe"]
         for client in (alice, dave):
             await client.ws.close()
 
@@ -195,10 +228,9 @@ def test_rooms_stay_local_while_redis_is_away_and_converge_after(
         lou = await Client.connect(a, "lou")
         alice = await Client.connect(a, "alice")
         bob = await Client.connect(b, "bob")
-        for client in (lou, alice, bob):
-            await join(client, "r")
-        for client in (lou, alice, bob):
-            await diffs_until_quiet(client, 0.5)
+        states = [await join(client, "r") for client in (lou, alice, bob)]
+        for client, state in zip((lou, alice, bob), states, strict=True):
+            await diffs_until_members(client, set(state["members"]), {"lou", "alice", "bob"})
 
         proxy.cut()
         wait_health(a, 503)
@@ -212,18 +244,27 @@ def test_rooms_stay_local_while_redis_is_away_and_converge_after(
         assert set(state["members"]) == {"lou", "alice", "bob", "mia"}
         assert list((await room_diff(lou))["joins"]) == ["mia"]
         await bob.send("LEAVE", room="r")  # on the other side of the cut
-        await bob.quiet(0.3)
+        await bob.handled()  # the LEAVE handled, and nothing else for bob
 
         proxy.restore()
         wait_health(a, 200, timeout=15)
         diff = await room_diff(lou)  # the net change it missed: bob left
         assert list(diff["leaves"]) == ["bob"] and not diff["joins"]
         assert diff["count"] == 3
-        await lou.quiet(0.5)  # told once
-        watcher = await Client.connect(b, "wes")
+
+        def converged() -> bool:
+            members = page(b, "r")["members"]
+            return set(members) == {"lou", "alice", "mia"} and members["alice"] == member(
+                "online", {"typing": True}
+            )
+
+        await await_until(converged, "a's changes while away reach the cluster")
+        watcher = await Client.connect(b, "wes")  # the probe: joins after all of that
         state = await join(watcher, "r")
         assert state["members"]["alice"] == member("online", {"typing": True})
         assert set(state["members"]) == {"lou", "alice", "mia", "wes"}
+        rest, _ = await diffs_until_probe(lou, "wes")
+        assert rest == []  # told once: wes's join is the next thing lou hears
         assert page(a, "r")["count"] == 4
 
     asyncio.run(run(flow))
@@ -247,7 +288,9 @@ def test_a_rejoin_on_another_node_within_the_grace_is_never_seen_leaving(
         again = await Client.connect(b, "alice")  # back, on the other node
         state = await join(again, "r")
         assert state["members"]["alice"] == member("online", {}, 1)
-        diffs = await diffs_until_quiet(watcher, 1.0)
+        probe = await Client.connect(a, "probe")  # on the node her first connection left
+        await join(probe, "r")  # after her rejoin, in the room's order
+        diffs, _ = await diffs_until_probe(watcher, "probe")
         assert all(not d["leaves"] and not d["joins"] for d in diffs), diffs
         assert diffs[-1]["updates"]["alice"]["connections"] == 1
 
@@ -272,7 +315,8 @@ def test_the_member_cap_holds_across_nodes_and_a_sigterm_keeps_the_grace(
         assert (refused["type"], refused["code"]) == ("ERROR", "ROOM_FULL")
         alice2 = await Client.connect(b, "alice")  # already a member: not refused
         assert (await join(alice2, "r"))["count"] == 2
-        await diffs_until_quiet(bob, 0.5)
+        diff = await room_diff(bob)  # her second tab; nothing of carol's refused join
+        assert diff["updates"] == {"alice": member("online", {}, 2)}, diff
         await await_until(
             lambda: b.metrics().get("presence_room_members_current") == 2, "the cluster's count"
         )
@@ -282,7 +326,11 @@ def test_the_member_cap_holds_across_nodes_and_a_sigterm_keeps_the_grace(
         assert a.wait(10) in (0, -signal.SIGTERM)
         diff = await room_diff(bob)
         assert diff["updates"] == {"alice": member("online", {}, 1)}
-        await bob.quiet(0.5)  # nobody left
+        # The room is full, so the probe is an update: alice's tab on b, after the stop.
+        await alice2.send("ROOM_UPDATE", room="r", metadata={"probe": 1})
+        diff = await room_diff(bob)  # the very next diff: nobody left before it
+        assert (diff["joins"], diff["leaves"]) == ({}, {}), diff
+        assert diff["updates"] == {"alice": member("online", {"probe": 1}, 1)}
         assert sorted(page(b, "r")["members"]) == ["alice", "bob"]
 
     asyncio.run(run(flow))
@@ -298,9 +346,9 @@ def test_a_node_taken_for_dead_re_registers_its_members(
     async def flow() -> None:
         alice = await Client.connect(a, "alice")
         bob = await Client.connect(b, "bob")
-        await join(alice, "r", {"x": 1})
+        state = await join(alice, "r", {"x": 1})
         await join(bob, "r")
-        await diffs_until_quiet(alice, 0.5)
+        await diffs_until_members(alice, set(state["members"]), {"alice", "bob"})
 
         proxy.cut()  # longer than the node timeout: b ends a's memberships
         diff = await room_diff(bob, timeout=10)
@@ -310,7 +358,9 @@ def test_a_node_taken_for_dead_re_registers_its_members(
         diff = await room_diff(bob, timeout=10)
         assert diff["joins"] == {"alice": member("online", {"x": 1})}
         assert sorted(page(b, "r")["members"]) == ["alice", "bob"]
-        rest = await diffs_until_quiet(alice, 1.0)  # its own node never saw alice leave
-        assert all("alice" not in d["leaves"] for d in rest), rest
+        probe = await Client.connect(b, "probe")
+        await join(probe, "r")  # after the re-registration, in the room's order
+        rest, _ = await diffs_until_probe(alice, "probe")  # its own node never saw
+        assert all("alice" not in d["leaves"] for d in rest), rest  # alice leave
 
     asyncio.run(run(flow))
