@@ -7,7 +7,7 @@ PORT ?= 3000
 # does not place it in site-packages).
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test lint typecheck unit e2e bench bench-fanout clean
+.PHONY: run test lint typecheck unit e2e bench bench-fanout bench-rooms clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(BIN)/.installed
 
 bench-fanout: $(BIN)/.installed
 	$(PYTHON) bench/fanout.py
+
+# A room of 10,000 members and a join storm of 5,000 users in 10 s (loopback only).
+bench-rooms: $(BIN)/.installed
+	$(BIN)/python bench/rooms.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache twisted/plugins/dropin.cache

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""What one change costs in a large room: a fresh daemon, MEMBERS connections joined to
+one room, then a join storm of STORM more users over SECONDS. Prints, in one run:
+
+- ROOM_DIFF messages each member received per second during the storm (batched rooms get
+  at most one per --room-batch-interval), and
+- server CPU (user + system, from /proc) per delivered ROOM_DIFF during the storm.
+
+A minimal asyncio WebSocket client (raw frames, no library) keeps the load generator
+light. Loopback only; every loop is bounded in count and time. Run from the project root
+after `make test`:
+
+    python3 bench/rooms.py [--members 10000] [--storm 5000] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOM = "bench:hall"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def frame(payload: bytes) -> bytes:
+    n = len(payload)
+    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
+    return head + b"\x00\x00\x00\x00" + payload  # a zero mask: the RFC allows it
+
+
+class Member:
+    """One connection: handshake, CONNECT, JOIN; then counts the ROOM_DIFFs it reads."""
+
+    def __init__(self) -> None:
+        self.diffs = 0
+        self.counting = False
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def run(self, port: int, user_id: str, joined: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer = writer
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /?userId={user_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(frame(json.dumps({"type": "JOIN", "payload": {"room": ROOM}}).encode()))
+        while True:
+            head = await reader.readexactly(2)
+            n = head[1] & 0x7F
+            if n == 126:
+                n = int.from_bytes(await reader.readexactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await reader.readexactly(8), "big")
+            payload = await reader.readexactly(n)
+            if head[0] & 0x0F != 1:
+                continue
+            if payload.startswith(b'{"type":"ROOM_STATE"'):
+                joined.set()
+            elif payload.startswith(b'{"type":"ROOM_DIFF"') and self.counting:
+                self.diffs += 1
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def diffs_sent(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("presence_room_diffs_sent_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def connect_all(port: int, names: list[str], rate: float) -> list[Member]:
+    members, tasks, events = [], [], []
+    start = time.monotonic()
+    for i, name in enumerate(names):
+        member, joined = Member(), asyncio.Event()
+        members.append(member)
+        events.append(joined)
+        tasks.append(asyncio.ensure_future(member.run(port, name, joined)))
+        if rate:
+            delay = start + (i + 1) / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the load generator, not a test wait
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout=300)
+    return members
+
+
+async def bench(args: argparse.Namespace) -> None:
+    port = free_port()
+    command = [
+        os.path.join(".venv", "bin", "twistd"),
+        "-n",
+        "--pidfile=",
+        "presence",
+        "--port",
+        f"tcp:{port}:backlog=4096:interface=127.0.0.1",
+        "--heartbeat-timeout",
+        "600",
+        "--heartbeat-interval",
+        "300",
+        "--room-list-limit",
+        str(args.members + args.storm),
+        "--max-connections",
+        "0",
+        "--handshake-timeout",
+        "60",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    log = open(args.log, "wb")  # noqa: SIM115 - the daemon's, closed below
+    daemon = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        members = await connect_all(port, [f"m{i}" for i in range(args.members)], 1000)
+        for member in members:
+            member.counting = True
+        cpu0, sent0, t0 = cpu_seconds(daemon.pid), diffs_sent(port), time.monotonic()
+        rate = args.storm / args.seconds
+        await connect_all(port, [f"s{i}" for i in range(args.storm)], rate)
+        elapsed = time.monotonic() - t0
+        cpu1, sent1 = cpu_seconds(daemon.pid), diffs_sent(port)
+        received = sum(m.diffs for m in members)
+        delivered = sent1 - sent0
+        print(f"room of {args.members} members, join storm of {args.storm} in {elapsed:.1f} s")
+        print(f"  ROOM_DIFF per member per second      {received / args.members / elapsed:.2f}")
+        print(f"  ROOM_DIFF delivered (server count)   {delivered:.0f}")
+        print(f"  server CPU per delivered ROOM_DIFF   {(cpu1 - cpu0) / delivered * 1e6:.1f} us")
+        print(f"  server CPU during the storm          {cpu1 - cpu0:.2f} s")
+        for member in members:
+            if member.writer is not None:
+                member.writer.close()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--storm", type=int, default=5_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--log", default="/tmp/presence-bench-rooms.log")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = args.members + args.storm + 100
+    if need > hard:
+        sys.exit(f"rooms bench: needs {need} open files, the limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
