@@ -17,7 +17,7 @@ import orjson
 from twisted.internet import defer
 
 from ..core.rooms import Member
-from .store import PREFIX, Evaluator, _text, load_script, stamp
+from .store import PREFIX, Scripts, _text, load_script, stamp
 
 ROOM_CHANNEL_PREFIX = PREFIX + "rch:"
 ROOM_SCRIPTS = (
@@ -78,15 +78,8 @@ LiveMembership = tuple[str, str, str, str]  # connectionId, userId, room, metada
 EndedMembership = tuple[str, str, float, bool]  # room, connectionId, when, clean
 
 
-class RoomStore:
-    def __init__(self, link: Evaluator, node: str, grace: float, last_seen_ttl: int) -> None:
-        self.link = link
-        self.node = node
-        self.grace = grace
-        self.ttl = last_seen_ttl
-
-    def _run(self, name: str, args: Sequence[Any]) -> defer.Deferred[Any]:
-        return self.link.eval(_SCRIPT_TEXT[name], args)
+class RoomStore(Scripts):
+    scripts = _SCRIPT_TEXT
 
     def join(
         self,

@@ -96,8 +96,10 @@ Live = tuple[str, str, str, str]  # connectionId, userId, status, metadata JSON 
 Ended = tuple[str, str, float, bool]  # connectionId, userId, when, clean
 
 
-class Store:
-    """The atomic operations, one Lua script each; every method returns a Deferred."""
+class Scripts:
+    """Runs one node's Lua scripts (``scripts``: name -> text) on the link."""
+
+    scripts: dict[str, str] = {}
 
     def __init__(self, link: Evaluator, node: str, grace: float, last_seen_ttl: int) -> None:
         self.link = link
@@ -106,7 +108,13 @@ class Store:
         self.ttl = last_seen_ttl
 
     def _run(self, name: str, args: Sequence[Any]) -> defer.Deferred[Any]:
-        return self.link.eval(_SCRIPT_TEXT[name], args)
+        return self.link.eval(self.scripts[name], args)
+
+
+class Store(Scripts):
+    """The atomic operations, one Lua script each; every method returns a Deferred."""
+
+    scripts = _SCRIPT_TEXT
 
     def open(
         self, connection_id: str, user_id: str, now: float, cap: int = 0
