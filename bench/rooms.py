@@ -4,7 +4,15 @@ one room, then a join storm of STORM more users over SECONDS. Prints, in one run
 
 - ROOM_DIFF messages each member received per second during the storm (batched rooms get
   at most one per --room-batch-interval), and
-- server CPU (user + system, from /proc) per delivered ROOM_DIFF during the storm.
+- server CPU (user + system, from /proc) per delivered ROOM_DIFF during the storm: all of
+  it (handshakes, each joiner's ROOM_STATE and the diffs), and the marginal part: the same
+  storm shape run first into rooms of one member each (a baseline: handshakes, CONNECT,
+  JOIN and a small ROOM_STATE) is subtracted, which leaves what the large room costs.
+
+The daemon runs with its defaults for rooms: past --room-list-limit (1000) the room's
+diffs carry only the count, past --room-batch-threshold (100) each member gets at most one
+per --room-batch-interval (1 s). ``--list-limit N`` raises the limit for a run with full
+diffs (each joiner's ROOM_STATE then lists up to N members).
 
 A minimal asyncio WebSocket client (raw frames, no library) keeps the load generator
 light. Loopback only; every loop is bounded in count and time. Run from the project root
@@ -51,7 +59,15 @@ class Member:
         self.counting = False
         self.writer: asyncio.StreamWriter | None = None
 
-    async def run(self, port: int, user_id: str, joined: asyncio.Event) -> None:
+    async def run(self, port: int, user_id: str, room: str, joined: asyncio.Event) -> None:
+        try:
+            await self._run(port, user_id, room, joined)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not joined.is_set():
+                raise
+            # closed by the bench once it has its figures
+
+    async def _run(self, port: int, user_id: str, room: str, joined: asyncio.Event) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         self.writer = writer
         key = base64.b64encode(os.urandom(16)).decode()
@@ -63,7 +79,7 @@ class Member:
             ).encode()
         )
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(frame(json.dumps({"type": "JOIN", "payload": {"room": ROOM}}).encode()))
+        writer.write(frame(json.dumps({"type": "JOIN", "payload": {"room": room}}).encode()))
         while True:
             head = await reader.readexactly(2)
             n = head[1] & 0x7F
@@ -86,22 +102,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def diffs_sent(port: int) -> float:
+def metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         for line in answer.read().decode().splitlines():
-            if line.startswith("presence_room_diffs_sent_total "):
+            if line.startswith(name + " "):
                 return float(line.split()[1])
     return 0.0
 
 
-async def connect_all(port: int, names: list[str], rate: float) -> list[Member]:
+def diffs_sent(port: int) -> float:
+    return metric(port, "presence_room_diffs_sent_total")
+
+
+async def connect_all(
+    port: int, names: list[str], rate: float, room: str | None = None
+) -> list[Member]:
     members, tasks, events = [], [], []
     start = time.monotonic()
     for i, name in enumerate(names):
         member, joined = Member(), asyncio.Event()
         members.append(member)
         events.append(joined)
-        tasks.append(asyncio.ensure_future(member.run(port, name, joined)))
+        tasks.append(asyncio.ensure_future(member.run(port, name, room or f"solo:{name}", joined)))
         if rate:
             delay = start + (i + 1) / rate - time.monotonic()
             if delay > 0:
@@ -123,8 +145,7 @@ async def bench(args: argparse.Namespace) -> None:
         "600",
         "--heartbeat-interval",
         "300",
-        "--room-list-limit",
-        str(args.members + args.storm),
+        *(["--room-list-limit", str(args.list_limit)] if args.list_limit else []),
         "--max-connections",
         "0",
         "--handshake-timeout",
@@ -140,24 +161,53 @@ async def bench(args: argparse.Namespace) -> None:
                 break
             except OSError:
                 await asyncio.sleep(0.1)
-        members = await connect_all(port, [f"m{i}" for i in range(args.members)], 1000)
+        rate = args.storm / args.seconds
+        # The baseline: the same storm, each user alone in a room of their own.
+        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        solo = await connect_all(port, [f"b{i}" for i in range(args.storm)], rate)
+        baseline, baseline_elapsed = cpu_seconds(daemon.pid) - cpu0, time.monotonic() - t0
+        for member in solo:
+            if member.writer is not None:
+                member.writer.close()
+        for _ in range(600):  # until the daemon has let them go (bounded)
+            if metric(port, "ws_connections_current") == 0:
+                break
+            await asyncio.sleep(0.1)
+        members = await connect_all(port, [f"m{i}" for i in range(args.members)], 1000, ROOM)
         for member in members:
             member.counting = True
         cpu0, sent0, t0 = cpu_seconds(daemon.pid), diffs_sent(port), time.monotonic()
-        rate = args.storm / args.seconds
-        await connect_all(port, [f"s{i}" for i in range(args.storm)], rate)
+        own0 = time.process_time()
+        await connect_all(port, [f"s{i}" for i in range(args.storm)], rate, ROOM)
         elapsed = time.monotonic() - t0
+        own = time.process_time() - own0
         cpu1, sent1 = cpu_seconds(daemon.pid), diffs_sent(port)
         received = sum(m.diffs for m in members)
         delivered = sent1 - sent0
-        print(f"room of {args.members} members, join storm of {args.storm} in {elapsed:.1f} s")
-        print(f"  ROOM_DIFF per member per second      {received / args.members / elapsed:.2f}")
-        print(f"  ROOM_DIFF delivered (server count)   {delivered:.0f}")
-        print(f"  server CPU per delivered ROOM_DIFF   {(cpu1 - cpu0) / delivered * 1e6:.1f} us")
-        print(f"  server CPU during the storm          {cpu1 - cpu0:.2f} s")
+        storm = cpu1 - cpu0
+        limit = args.list_limit or "1000 (default)"
+        print(
+            f"room of {args.members} members (--room-list-limit {limit}), join storm of "
+            f"{args.storm} in {elapsed:.1f} s"
+        )
+        print(f"  ROOM_DIFF per member per second          {received / args.members / elapsed:.2f}")
+        print(f"  ROOM_DIFF delivered (server count)       {delivered:.0f}")
+        print(f"  server CPU during the storm              {storm:.2f} s")
+        print(f"  load generator CPU during the storm      {own:.2f} s")
+        print(
+            f"  baseline: the storm into rooms of one    {baseline:.2f} s "
+            f"(in {baseline_elapsed:.1f} s)"
+        )
+        print(f"  server CPU per delivered ROOM_DIFF, all  {storm / delivered * 1e6:.1f} us")
+        print(
+            "  server CPU per delivered ROOM_DIFF, over the baseline  "
+            f"{(storm - baseline) / delivered * 1e6:.1f} us"
+        )
         for member in members:
             if member.writer is not None:
                 member.writer.close()
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()  # the members' readers
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -172,6 +222,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--storm", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--list-limit", type=int, default=0, help="--room-list-limit (0: default)")
     parser.add_argument("--log", default="/tmp/presence-bench-rooms.log")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

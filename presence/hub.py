@@ -162,7 +162,11 @@ def room_state_message(state: RoomState, now: float) -> bytes:
         {
             "type": "ROOM_STATE",
             "room": state.room,
-            "members": {u: member_json(m) for u, m in state.members.items()},
+            "members": (
+                {u: member_json(m) for u, m in state.members.items()}
+                if state.members_json is None
+                else state.members_json
+            ),
             "count": state.count,
             "complete": state.complete,
             "timestamp": wire.iso(now),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .model import Peer
-from .rooms import Member, RoomDiff, RoomState, Told, flush, hold
+from .roomdiff import Member, RoomDiff, RoomState, Told, flush, hold
 
 
 class RoomReplica:

@@ -20,7 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from . import wire
 from .model import Connection, Peer
+from .roomdiff import Member, RoomDiff, RoomState, Told, flush, hold
+
+__all__ = ["Member", "RoomDiff", "RoomRefused", "RoomState", "Rooms"]
 
 
 class RoomRefused(Exception):
@@ -30,33 +34,6 @@ class RoomRefused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    status: str
-    metadata: Mapping[str, Any]
-    connections: int
-
-
-@dataclass(frozen=True, slots=True)
-class RoomState:
-    """What a joining connection is told: the members (at most ``list_limit``)."""
-
-    room: str
-    members: Mapping[str, Member]
-    count: int
-    complete: bool
-
-
-@dataclass(slots=True)
-class RoomDiff:
-    room: str
-    joins: dict[str, Member]
-    leaves: dict[str, float]  # userId -> when their membership ended
-    updates: dict[str, Member]
-    count: int
-    recipients: tuple[Peer, ...]
 
 
 @dataclass(slots=True)
@@ -76,74 +53,12 @@ class _Presence:
 
 
 @dataclass(slots=True)
-class Told:
-    """What a room's members were last told of each user, and who changed since: the
-    batching state ``flush`` works on (for ``Rooms`` and for ``RoomReplica`` alike)."""
-
-    told: dict[str, Member] = field(default_factory=dict)
-    dirty: dict[str, float] = field(default_factory=dict)  # userId -> when it changed
-    told_count: int = 0
-    flush_at: float | None = None  # a batched room: when its next diff is due
-    last_flush: float = float("-inf")
-
-
-Changes = tuple[dict[str, Member], dict[str, float], dict[str, Member]]
-
-
-def hold(told: Told, count: int, threshold: int, interval: float, now: float) -> bool:
-    """Whether a room of ``count`` members waits for its batch window (scheduling it)."""
-    if count > threshold or len(told.told) > threshold:
-        if told.flush_at is None:
-            told.flush_at = max(now, told.last_flush + interval)
-        return told.flush_at > now
-    return False
-
-
-def flush(
-    told: Told,
-    member_of: Callable[[str], Member | None],
-    count: int,
-    list_limit: int,
-    now: float,
-    force: str = "",
-) -> Changes | None:
-    """The net change since the room was last told (None: nothing to send); what it tells
-    becomes what the room was told. Past ``list_limit`` only a changed count is sent."""
-    told.flush_at = None
-    told.last_flush = now
-    joins: dict[str, Member] = {}
-    leaves: dict[str, float] = {}
-    updates: dict[str, Member] = {}
-    dirty, told.dirty = told.dirty, {}
-    for user_id, at in dirty.items():
-        before = told.told.get(user_id)
-        after = member_of(user_id)
-        if after is None:
-            if before is not None:
-                leaves[user_id] = at
-                del told.told[user_id]
-            continue
-        if before is None:
-            joins[user_id] = after
-        elif after != before or user_id == force:
-            updates[user_id] = after
-        told.told[user_id] = after
-    if count > list_limit or told.told_count > list_limit:
-        changed = count != told.told_count
-        told.told_count = count
-        if not changed:
-            return None
-        return {}, {}, {}
-    told.told_count = count
-    if not (joins or leaves or updates):
-        return None
-    return joins, leaves, updates
-
-
-@dataclass(slots=True)
 class _Room(Told):
     users: dict[str, _Presence] = field(default_factory=dict)
     peers: dict[str, Peer] = field(default_factory=dict)  # joined connections: who is told
+    # What ROOM_STATE lists, and its encoding: kept until a listed member changes (in a
+    # join storm into a room past the list limit the listing stays the same).
+    listed: tuple[dict[str, Member], Any] | None = None
 
 
 NO_METADATA: Final[Mapping[str, Any]] = {}
@@ -198,12 +113,20 @@ class Rooms:
         room = self._rooms.get(name)
         if room is None:
             return RoomState(name, {}, 0, True)
-        listed: dict[str, Member] = {}
-        for user_id, presence in room.users.items():
-            if len(listed) >= self.list_limit:
-                break
-            listed[user_id] = self._member(user_id, presence)
-        return RoomState(name, listed, len(room.users), len(listed) == len(room.users))
+        if room.listed is None:
+            listed: dict[str, Member] = {}
+            for user_id, presence in room.users.items():
+                if len(listed) >= self.list_limit:
+                    break
+                listed[user_id] = self._member(user_id, presence)
+            encoded = {
+                u: wire.member_object(m.status, m.metadata, m.connections)
+                for u, m in listed.items()
+            }
+            room.listed = listed, wire.fragment(encoded)
+        members, encoded = room.listed
+        count = len(room.users)
+        return RoomState(name, members, count, len(members) == count, encoded)
 
     def next_flush(self) -> float | None:
         """When the earliest batched diff is due (None: none is pending)."""
@@ -305,6 +228,7 @@ class Rooms:
         diffs: list[RoomDiff] = []
         for name in self._of_user.get(user_id, ()):
             room = self._rooms[name]
+            self._unlist(room, user_id)
             room.dirty[user_id] = now
             diffs.extend(self._settle(name, room, now, force=user_id))
         return diffs
@@ -346,7 +270,14 @@ class Rooms:
         metadata = NO_METADATA if newest is None else newest.metadata
         return Member(self.status_of(user_id), metadata, len(presence.joined))
 
+    def _unlist(self, room: _Room, user_id: str) -> None:
+        """A change to ``user_id`` in ``room``: drop the listing if it could show it."""
+        listed = room.listed
+        if listed is not None and (user_id in listed[0] or len(listed[0]) < self.list_limit):
+            room.listed = None
+
     def _touch(self, name: str, room: _Room, user_id: str, at: float) -> None:
+        self._unlist(room, user_id)
         room.dirty[user_id] = at
         presence = room.users.get(user_id)
         if presence is not None and not presence.joined and not presence.lingering:

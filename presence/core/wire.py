@@ -252,6 +252,11 @@ def encode(message: Mapping[str, Any]) -> bytes:
     return orjson.dumps(message)
 
 
+def fragment(value: Any) -> Any:
+    """``value`` encoded now, to be placed as it is inside a later ``encode``."""
+    return orjson.Fragment(orjson.dumps(value))
+
+
 def connect_message(
     user_id: str, connection_id: str, interval: float, timeout: float, stamp: str
 ) -> bytes:

@@ -146,3 +146,59 @@ def test_members_and_an_observers_replica_match_the_reference(ops: list[Any]) ->
             expected = ref.members(room, now, status)
             assert rooms.members(room) == expected
             assert replica[room] == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(op, max_size=40), list_limit=st.integers(1, 3))
+def test_the_kept_listing_is_what_the_room_would_list_now(ops: list[Any], list_limit: int) -> None:
+    """ROOM_STATE's listing is kept between changes (a join storm past the list limit
+    leaves it as it is): after any change it equals a listing made from scratch, and its
+    encoding is the listed members'."""
+    status: dict[str, str] = {}
+    rooms = Rooms(lambda u: status.get(u, "online"), offline_grace=GRACE, list_limit=list_limit)
+    conns: dict[int, Connection] = {}
+    serial = itertools.count()
+    now = 0.0
+
+    def conn(i: int) -> Connection:
+        if i not in conns:
+            conns[i] = Connection(f"c{i}.{next(serial)}", USERS[i % 3], Peer(), now)
+        return conns[i]
+
+    for item in ops:
+        kind = item[0]
+        if kind == "join":
+            rooms.join(conn(item[1]), item[2], item[3], now)
+        elif kind == "update":
+            c = conn(item[1])
+            if c.rooms and item[2] in c.rooms:
+                rooms.update(c, item[2], {"c": item[3]}, now)
+        elif kind == "leave":
+            rooms.leave(conn(item[1]), item[2], now)
+        elif kind == "close":
+            c = conns.pop(item[1], None)
+            if c is not None:
+                rooms.closed(c, now, item[2])
+        elif kind == "status":
+            status[item[1]] = item[2]
+            rooms.user_changed(item[1], now)
+        else:
+            now += item[1]
+        rooms.expire(now)
+        for name in ROOMS:
+            kept = rooms.state(name)
+            room = rooms._rooms.get(name)
+            if room is not None:
+                room.listed = None  # what a listing made now says
+            fresh = rooms.state(name)
+            assert kept == fresh
+            assert len(kept.members) == min(list_limit, kept.count)
+            if kept.members_json is not None:
+                assert wire.encode({"m": kept.members_json}) == wire.encode(
+                    {
+                        "m": {
+                            u: wire.member_object(m.status, m.metadata, m.connections)
+                            for u, m in kept.members.items()
+                        }
+                    }
+                )
