@@ -11,7 +11,9 @@ at once, and past ``list_limit`` only its count.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+from . import wire
 from .model import Peer
 from .roomdiff import Member, RoomDiff, RoomState, Told, flush, hold
 
@@ -33,6 +35,7 @@ class RoomReplica:
         self.peers: dict[str, Peer] = {}  # this node's joined connections: who is told
         self.told = Told()
         self.diffs_sent = 0
+        self._listed: RoomState | None = None  # kept until a listed member changes
 
     @property
     def count(self) -> int:
@@ -43,16 +46,29 @@ class RoomReplica:
         return self.told.flush_at
 
     def state(self) -> RoomState:
-        listed: dict[str, Member] = {}
-        for user_id, member in self.members.items():
-            if len(listed) >= self.list_limit:
-                break
-            listed[user_id] = member
-        return RoomState(self.name, listed, self.count, len(listed) == self.count)
+        kept = self._listed
+        if kept is None:
+            listed: dict[str, Member] = {}
+            for user_id, member in self.members.items():
+                if len(listed) >= self.list_limit:
+                    break
+                listed[user_id] = member
+            encoded: Any = wire.fragment(
+                {
+                    u: wire.member_object(m.status, m.metadata, m.connections)
+                    for u, m in listed.items()
+                }
+            )
+            kept = self._listed = RoomState(self.name, listed, 0, False, encoded)
+        count = self.count
+        return RoomState(
+            self.name, kept.members, count, len(kept.members) == count, kept.members_json
+        )
 
     def adopt(self, members: Mapping[str, Member], version: int) -> None:
         """A first snapshot, before anyone here is told: it is what they will be told."""
         self.members = dict(members)
+        self._listed = None
         self.version = version
         self.told = Told(dict(members), {}, len(members))
 
@@ -61,6 +77,7 @@ class RoomReplica:
         differs from what was told is a change."""
         old = self.members
         self.members = dict(members)
+        self._listed = None
         dirty = self.told.dirty
         for user_id in {*old, *members, *self.told.told}:
             if self.told.told.get(user_id) != self.members.get(user_id):
@@ -77,6 +94,9 @@ class RoomReplica:
         force: bool = False,
     ) -> list[RoomDiff]:
         """A user's membership is now ``member`` (None: they left, at ``at``)."""
+        kept = self._listed
+        if kept is not None and (user_id in kept.members or len(kept.members) < self.list_limit):
+            self._listed = None
         if member is None:
             self.members.pop(user_id, None)
         else:

@@ -92,12 +92,16 @@ Op = tuple[str, int, int]  # kind, user, metadata value
         max_size=40,
     ),
     st.integers(0, 3),
+    st.sampled_from([1, 2, 1000]),
 )
-def test_the_replica_tells_what_rooms_tells(ops: list[Op], threshold: int) -> None:
+def test_the_replica_tells_what_rooms_tells(ops: list[Op], threshold: int, limit: int) -> None:
     """Feed the replica each change of ``Rooms``'s members (and the user each step touched):
-    every diff is the same."""
-    rooms = Rooms(lambda u: "online", batch_threshold=threshold, batch_interval=1.0)
-    replica = RoomReplica("r", batch_threshold=threshold, batch_interval=1.0)
+    every diff is the same, and the listing it keeps for ROOM_STATE is the one it would
+    make from scratch."""
+    rooms = Rooms(
+        lambda u: "online", batch_threshold=threshold, batch_interval=1.0, list_limit=limit
+    )
+    replica = RoomReplica("r", batch_threshold=threshold, batch_interval=1.0, list_limit=limit)
     watcher = Connection("w", "watcher", Peer(), 0)
     rooms.join(watcher, "r", None, 0.0)
     replica.adopt(rooms.members("r"), 1)
@@ -130,3 +134,8 @@ def test_the_replica_tells_what_rooms_tells(ops: list[Op], threshold: int) -> No
         assert [(d.joins, d.leaves, d.updates, d.count) for d in got] == [
             (d.joins, d.leaves, d.updates, d.count) for d in expected
         ]
+        kept = replica.state()
+        replica._listed = None
+        fresh = replica.state()
+        assert kept == fresh and len(kept.members) == min(limit, kept.count)
+        assert wire.encode({"m": kept.members_json}) == wire.encode({"m": fresh.members_json})
