@@ -131,6 +131,39 @@ def test_two_users_in_one_room_on_two_nodes(start_daemon: Start, redis_server: R
     asyncio.run(run(flow))
 
 
+def test_an_editor_shows_who_is_in_the_document_across_three_nodes(
+    start_daemon: Start, redis_server: RedisServer
+) -> None:
+    """The issue's trial: three daemons on one Redis, one writer on each, cursors in the
+    room metadata; everyone sees everyone, and every cursor move, in order."""
+    nodes = [start_node(start_daemon, redis_server.url) for _ in range(3)]
+    names = ["ann", "ben", "cat"]
+
+    async def flow() -> None:
+        writers = [
+            await Client.connect(node, name) for node, name in zip(nodes, names, strict=True)
+        ]
+        views: list[set[str]] = []
+        for i, writer in enumerate(writers):
+            state = await join(writer, "doc:42", {"cursor": [i, 0]})
+            views.append(set(state["members"]))
+            for j in range(i):  # the earlier writers each get the join, from another node
+                diffs = await diffs_until_members(writers[j], views[j], set(names[: i + 1]))
+                assert diffs[-1]["joins"][names[i]] == member("online", {"cursor": [i, 0]})
+        assert views[2] == set(names)
+        for step in range(1, 4):  # ann moves her cursor three times
+            await writers[0].send("ROOM_UPDATE", room="doc:42", metadata={"cursor": [0, step]})
+        for other in writers[1:]:
+            seen = [(await room_diff(other))["updates"]["ann"]["metadata"] for _ in range(3)]
+            assert seen == [{"cursor": [0, 1]}, {"cursor": [0, 2]}, {"cursor": [0, 3]}]
+        for node in nodes:
+            body = page(node, "doc:42")
+            assert body["count"] == 3 and sorted(body["members"]) == names
+            assert body["members"]["ann"]["metadata"] == {"cursor": [0, 3]}
+
+    asyncio.run(run(flow))
+
+
 def test_a_join_storm_into_a_large_room_is_batched_on_every_node(
     start_daemon: Start, redis_server: RedisServer
 ) -> None:
