@@ -17,7 +17,13 @@ from .core.rooms import Rooms
 from .hub import LocalHub
 from .server.factory import PresenceFactory, ProtocolConfig
 from .server.metrics import Metrics
-from .server.services import ListeningPort, Reaper, ShutdownService, reaper_interval
+from .server.services import (
+    ListeningPort,
+    Reaper,
+    ShutdownService,
+    reaper_interval,
+    with_backlog,
+)
 from .server.tls import TLSReloadService
 from .server.web import build_site
 
@@ -73,7 +79,7 @@ class Daemon(MultiService):
         for listen in config.ports:
             # ssl: ports get our TLS policy and a context that reloads on SIGHUP.
             if listen.tls is None:
-                endpoint = endpoints.serverFromString(reactor, listen.description)
+                endpoint = endpoints.serverFromString(reactor, with_backlog(listen.description))
             else:
                 endpoint = listen.tls.endpoint(reactor)
                 tls.append(listen.tls)

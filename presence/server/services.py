@@ -12,6 +12,7 @@ from twisted.internet.task import LoopingCall
 
 from ..core import wire
 from ..hub import PresenceHub
+from .tls import DEFAULT_BACKLOG
 
 
 class Reaper(Service):
@@ -71,6 +72,15 @@ class ShutdownService(Service):
 
         check()
         return done
+
+
+def with_backlog(description: str) -> str:
+    """A tcp:, tcp6: or unix: endpoint description with our listen backlog unless it gives
+    one (``backlog=N`` in the description wins)."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
 
 
 class ListeningPort(StreamServerEndpointService):

@@ -46,7 +46,10 @@ CIPHERS: Final = ":".join(
     )
 )
 ALPN: Final = [b"http/1.1"]
-DEFAULT_BACKLOG: Final = 50
+# The listen backlog when a --port does not give one: Twisted's default (50) overflows in
+# a reconnect storm on a busy machine (clients then wait a SYN retry, 1 s or more); 511 is
+# what Node and nginx use, and the kernel caps it at net.core.somaxconn.
+DEFAULT_BACKLOG: Final = 511
 _KEYS: Final = frozenset(
     ("port", "privatekey", "certkey", "extracertchain", "interface", "backlog")
 )

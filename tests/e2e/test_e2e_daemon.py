@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -818,3 +820,15 @@ def test_log_has_connects_and_disconnects_without_payloads(shared: Daemon) -> No
     assert repr(user_id) in connect_line and repr(user_id) in end_line
     assert "code=1000" in end_line
     assert secret not in log
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
+def test_the_port_listens_with_a_backlog_for_reconnect_storms(shared: Daemon) -> None:
+    """Twisted's default backlog (50) overflows when thousands reconnect at once; a --port
+    without backlog= gets 511 (capped by the kernel's somaxconn). `ss` shows a listening
+    socket's backlog as its Send-Q."""
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{shared.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert out[0] == "LISTEN" and int(out[2]) == min(511, somaxconn), out

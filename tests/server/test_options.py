@@ -13,7 +13,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 
 from presence.config import Config
-from presence.server.services import ListeningPort
+from presence.server.services import ListeningPort, with_backlog
 from presence.tap import Options
 from tests.support.certs import make_cert
 
@@ -152,3 +152,17 @@ def test_a_port_that_cannot_be_bound_stops_start_up_with_one_line() -> None:
     assert isinstance(message, str) and "\n" not in message
     assert message.startswith("presence: cannot listen on tcp:3000:interface=127.0.0.1: ")
     assert "Address already in use" in message
+
+
+@pytest.mark.parametrize(
+    ("given", "listened"),
+    [
+        ("tcp:3000", "tcp:3000:backlog=511"),
+        ("tcp6:3000:interface=\\:\\:1", "tcp6:3000:interface=\\:\\:1:backlog=511"),
+        ("unix:/run/presence.sock", "unix:/run/presence.sock:backlog=511"),
+        ("tcp:3000:backlog=64", "tcp:3000:backlog=64"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_a_port_without_a_backlog_gets_ours(given: str, listened: str) -> None:
+    assert with_backlog(given) == listened
