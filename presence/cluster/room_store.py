@@ -17,6 +17,7 @@ import orjson
 from twisted.internet import defer
 
 from ..core.rooms import Member
+from ..hub import RoomPage
 from .store import PREFIX, Scripts, _text, load_script, stamp
 
 ROOM_CHANNEL_PREFIX = PREFIX + "rch:"
@@ -27,6 +28,7 @@ ROOM_SCRIPTS = (
     "room_close",
     "room_expire",
     "room_snapshot",
+    "room_page",
     "room_resync",
 )
 FULL = -1  # room_join: the room is at its cap and the user is not a member
@@ -126,6 +128,19 @@ class RoomStore(Scripts):
             return RoomSnapshot(int(values[0]), members)
 
         return self._run("room_snapshot", [room]).addCallback(parse)
+
+    def page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
+        """One page of members in userId order: Redis sends only that page."""
+
+        def parse(reply: list[Any]) -> RoomPage:
+            values = [_text(v) for v in reply]
+            members = {}
+            for i in range(2, len(values), 4):
+                user_id, status, connections, metadata = values[i : i + 4]
+                members[user_id] = Member(status, orjson.loads(metadata), int(connections))
+            return RoomPage(members, int(values[0]), values[1] or None)
+
+        return self._run("room_page", [room, limit, after or ""]).addCallback(parse)
 
     def resync(
         self, now: float, live: Sequence[LiveMembership], ended: Sequence[EndedMembership]

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from ..core import wire
 from ..core.model import Connection
 from ..core.rooms import RoomRefused, Rooms
-from ..hub import RoomPage, page_of, refused
+from ..hub import RoomPage, refused
 from .link import RedisLink, RedisUnavailable
 from .room_store import FULL, EndedMembership, LiveMembership, RoomStore, RoomTotals
 from .room_streams import RoomStreams
@@ -180,8 +180,7 @@ class ClusterRooms:
         self._streams.due(now)
 
     def page(self, name: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
-        d = self._store.snapshot(name)
-        return d.addCallback(lambda snapshot: page_of(snapshot.members, limit, after))
+        return self._store.page(name, limit, after)
 
     # -- registering ----------------------------------------------------------------------
 

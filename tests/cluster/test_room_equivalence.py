@@ -21,6 +21,7 @@ from presence.cluster.store import load_script, stamp
 from presence.core import wire
 from presence.core.model import OFFLINE, Connection, PresenceModel, UserView
 from presence.core.rooms import Member, Rooms
+from presence.hub import page_of
 from tests.support.redis_fixture import REDIS_SERVER, RedisServer, Resp, needs_redis
 
 pytestmark = needs_redis
@@ -115,6 +116,12 @@ class Twin:
             }
             assert got == want
             assert self.seen[room] == want
+            for limit in (1, 2):  # GET /rooms/{room} pages as the model's page_of does
+                for after in (None, *sorted(want)):
+                    page = page_of(want, limit, after)
+                    reply = self.lua("room_page", room, limit, after or "")
+                    assert int(reply[0]) == page.count and (reply[1] or None) == page.next
+                    assert reply[2::4] == list(page.members)
         assert self.r.call("SCARD", "presence:rooms") == self.rooms.room_count
         assert int(self.r.call("GET", "presence:rmembers") or 0) == self.rooms.membership_count
 
@@ -329,3 +336,30 @@ def test_the_room_scripts_keep_the_model(
     twin.join(0, "a", None)
     for step in story:
         getattr(twin, step[0])(*step[1:])
+
+
+def test_a_room_pages_in_code_point_order_like_the_model(redis: tuple[Resp, Resp]) -> None:
+    """Lua compares strings as bytes; for UTF-8 that is the code point order page_of uses."""
+    r = redis[0]
+    r.call("FLUSHALL")
+    sha = {n: r.call("SCRIPT", "LOAD", load_script(n)) for n in ("room_join", "room_page")}
+    users = ["a", "Z", "é", "ü", "日本", "zz", "\U0001f600", "a~"]
+    for i, uid in enumerate(users):
+        args = ["n1", f"c{i}", uid, "doc", "1", orjson.dumps({"i": i}).decode(), stamp(1.0), 0, TTL]
+        assert r.call("EVALSHA", sha["room_join"], 0, *args)[0] == 1
+    want = {uid: Member("offline", {"i": i}, 1) for i, uid in enumerate(users)}
+    after: str | None = None
+    pages = []
+    while True:
+        reply = r.call("EVALSHA", sha["room_page"], 0, "doc", 3, after or "")
+        page = page_of(want, 3, after)
+        assert int(reply[0]) == len(users) and reply[2::4] == list(page.members)
+        assert [orjson.loads(m) for m in reply[5::4]] == [
+            dict(m.metadata) for m in page.members.values()
+        ]
+        pages.append(reply[2::4])
+        after = reply[1] or None
+        assert after == page.next
+        if after is None:
+            break
+    assert [u for p in pages for u in p] == sorted(users)
