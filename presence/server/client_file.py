@@ -59,7 +59,6 @@ class ClientFile(Resource):
         return self.body
 
 
-
 class ClientDirectory(Resource):
     """/client/: presence.js; any other name (and the directory itself) is a JSON 404."""
 
