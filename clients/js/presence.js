@@ -220,8 +220,8 @@ export class PresenceClient {
     this._roomMeta = new Map();
     this._ws = null;
     this._openedAt = null;
-    this._lastHeard = 0;
-    this._timers = { retry: null, heartbeat: null, refresh: null };
+    this._beat = null; // {interval, timeout} (ms) from CONNECT
+    this._timers = { retry: null, heartbeat: null, deadline: null, refresh: null };
     this._stopped = false;
     this._refusals = 0; // token refusals since the last CONNECT
     this._doc = awayWhenHidden ? (options.document ?? globalThis.document ?? null) : null;
@@ -361,7 +361,6 @@ export class PresenceClient {
   }
 
   _received(data) {
-    this._lastHeard = Date.now();
     let message;
     try {
       message = JSON.parse(data);
@@ -370,7 +369,8 @@ export class PresenceClient {
     }
     if (message.type === "CONNECT") this._connected(message);
     else if (message.type === "ERROR") this._emit("error", message);
-    else if (message.type !== "HEARTBEAT_ACK") {
+    else if (message.type === "HEARTBEAT_ACK") this._acked();
+    else {
       for (const [event, ...args] of this._state.apply(message)) this._emit(event, ...args);
     }
   }
@@ -388,25 +388,39 @@ export class PresenceClient {
     for (const [room, metadata] of this._roomMeta) this._send(this._joinMessage(room, metadata));
     const interval = Number(message.heartbeatInterval) * 1000 || 15000;
     const timeout = Number(message.heartbeatTimeout) * 1000 || 3 * interval;
-    this._timers.heartbeat = setInterval(() => this._heartbeat(timeout), interval);
+    this._beat = { interval, timeout };
+    this._timers.heartbeat = setTimeout(() => this._heartbeat(), interval);
     this._scheduleRefresh(this._token);
   }
 
-  _heartbeat(timeout) {
-    if (Date.now() - this._lastHeard > timeout) {
-      // Nothing heard for the server's own timeout (a laptop that slept, a dead route):
-      // this socket is gone whatever the browser thinks.
-      const ws = this._ws;
-      this._ws = null;
-      try {
-        ws.close(4000, "no heartbeat answer");
-      } catch {
-        // closing a dead socket may throw; it is dropped either way
-      }
-      this._socketClosed(4000, "no heartbeat answer");
-      return;
-    }
+  // The next HEARTBEAT is timed from the ACK's message event, not from the timer before:
+  // a chain of timers in a hidden tab is throttled to one wake-up a minute by Chrome
+  // (past the server's timeout), a timer set from a network event is not.
+  _heartbeat() {
     this._send({ type: "HEARTBEAT" });
+    this._timers.heartbeat = null;
+    clearTimeout(this._timers.deadline);
+    this._timers.deadline = setTimeout(() => this._unanswered(), this._beat.timeout);
+  }
+
+  _acked() {
+    if (!this._beat || this._timers.heartbeat !== null) return;
+    clearTimeout(this._timers.deadline);
+    this._timers.deadline = null;
+    this._timers.heartbeat = setTimeout(() => this._heartbeat(), this._beat.interval);
+  }
+
+  /** No answer for the server's own timeout (a laptop that slept, a dead route): this
+   * socket is gone whatever the browser thinks. */
+  _unanswered() {
+    const ws = this._ws;
+    this._ws = null;
+    try {
+      ws.close(4000, "no heartbeat answer");
+    } catch {
+      // closing a dead socket may throw; it is dropped either way
+    }
+    this._socketClosed(4000, "no heartbeat answer");
   }
 
   _socketClosed(code, reason) {
@@ -475,9 +489,11 @@ export class PresenceClient {
   }
 
   _clearTimers() {
-    clearInterval(this._timers.heartbeat);
+    clearTimeout(this._timers.heartbeat);
+    clearTimeout(this._timers.deadline);
     clearTimeout(this._timers.refresh);
-    this._timers.heartbeat = this._timers.refresh = null;
+    this._timers.heartbeat = this._timers.deadline = this._timers.refresh = null;
+    this._beat = null;
   }
 
   // -- tokens ------------------------------------------------------------------------------

@@ -86,21 +86,32 @@ test("connects with userId and token; sends nothing before CONNECT, everything a
   assert.equal(client.connectionId, "c0");
 });
 
-test("heartbeats at the advised interval; a silent server is given up on", async (t) => {
+test("heartbeats at the advised interval after each ACK; an unanswered one is given up on", async (t) => {
   const { client } = setup(t);
   await tick();
   const ws = last();
   ws.connect({ heartbeatInterval: 2, heartbeatTimeout: 5 });
-  mock.timers.tick(2000);
+  mock.timers.tick(1999);
+  assert.deepEqual(ws.types(), []);
+  mock.timers.tick(1);
+  assert.deepEqual(ws.types(), ["HEARTBEAT"]);
+  mock.timers.tick(3000); // not answered yet: no second one
   assert.deepEqual(ws.types(), ["HEARTBEAT"]);
   ws.server({ type: "HEARTBEAT_ACK" });
   mock.timers.tick(2000);
+  assert.deepEqual(ws.types(), ["HEARTBEAT", "HEARTBEAT"]);
+  ws.server({ type: "HEARTBEAT_ACK" });
+  ws.server({ type: "HEARTBEAT_ACK" }); // a stray one does not start a second chain
   mock.timers.tick(2000);
   assert.deepEqual(ws.types(), ["HEARTBEAT", "HEARTBEAT", "HEARTBEAT"]);
-  mock.timers.tick(2000); // 6 s since the last ACK, past the 5 s timeout
+  mock.timers.tick(4999);
+  assert.equal(client.connectionState, "OPEN");
+  mock.timers.tick(1); // 5 s without the ACK: the server's own timeout
   assert.deepEqual(ws.closedWith, [4000, "no heartbeat answer"]);
   assert.equal(client.connectionState, "CLOSED");
   assert.equal(client.closeInfo.final, false);
+  mock.timers.tick(60000);
+  assert.equal(ws.types().length, 3);
 });
 
 test("reconnects with backoff and re-sends status, watches and rooms", async (t) => {
