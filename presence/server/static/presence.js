@@ -211,6 +211,9 @@ export class PresenceClient {
     this._token = token ?? null;
     this._getToken = getToken ?? null;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError("PresenceClient: no WebSocket here; pass options.WebSocket");
+    }
     this._backoff = new Backoff(backoff);
     this._state = new PresenceState();
     this._listeners = new Map();
