@@ -20,6 +20,7 @@ from ..core import wire
 from ..core.auth import bearer
 from ..core.model import UserView
 from ..hub import PresenceHub, RoomPage, member_json, user_json
+from .client_file import ClientDirectory
 from .handshake import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_HEADER_BYTES,
@@ -334,6 +335,7 @@ def build_site(
             b"metrics": metrics_page,
             b"presence": presence,
             b"rooms": rooms,
+            b"client": ClientDirectory(),
         }
     )
     site = QuietSite(root, reactor=clock)
