@@ -1,0 +1,34 @@
+"""Paging through userIds in one order every node agrees on.
+
+The order is code point order, which for UTF-8 is the byte order Redis's ZRANGEBYLEX
+gives, so a page read from this node's model and a page read from Redis line up, and a
+cursor (the last userId of the page before) continues on any node. Pure."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+
+def page_after(
+    ids: Iterable[str], limit: int, after: str | None = None, prefix: str = ""
+) -> tuple[list[str], str | None]:
+    """The first ``limit`` ids (in order) that come after ``after`` and start with
+    ``prefix``, and the cursor for the next page: the page's last id if more follow, else
+    None. O(n log limit): one pass, no full sort."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    chosen = heapq.nsmallest(
+        limit + 1,
+        (u for u in ids if (after is None or u > after) and u.startswith(prefix)),
+    )
+    page = chosen[:limit]
+    return page, (page[-1] if len(chosen) > limit else None)
+
+
+def lex_start(after: str | None, prefix: str) -> str:
+    """Where a ZRANGEBYLEX over the ids starts for this page: just after ``after``, or at
+    ``prefix`` when the cursor is before the prefix's range (or there is none)."""
+    if after is not None and after >= prefix:
+        return "(" + after
+    return "[" + prefix if prefix else "-"
