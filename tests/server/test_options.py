@@ -152,3 +152,9 @@ def test_a_port_that_cannot_be_bound_stops_start_up_with_one_line() -> None:
     assert isinstance(message, str) and "\n" not in message
     assert message.startswith("presence: cannot listen on tcp:3000:interface=127.0.0.1: ")
     assert "Address already in use" in message
+
+
+def test_dashboard_is_an_off_by_default_flag() -> None:
+    assert parse("--port", SAFE_PORT).config.dashboard is False
+    assert parse("--port", SAFE_PORT, "--dashboard").config.dashboard is True
+    assert Config().dashboard is False
