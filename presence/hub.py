@@ -232,6 +232,7 @@ class LocalHub:
             lambda user_id: model.view(user_id).status, model.offline_grace
         )
         self.diffs_sent = 0
+        self._present = paging.SortedIds()  # /presence/online's order
 
     @property
     def figures(self) -> Figures:
@@ -289,7 +290,8 @@ class LocalHub:
     def online_page(
         self, limit: int, after: str | None, prefix: str = ""
     ) -> defer.Deferred[OnlinePage]:
-        ids, next = paging.page_after(self._model.present(), limit, after, prefix)
+        model = self._model
+        ids, next = self._present.page(model.present(), model.present_version, limit, after, prefix)
         return defer.succeed(OnlinePage({u: self._model.view(u) for u in ids}, next))
 
     def subscribe(self, conn: Connection, user_ids: Iterable[str], now: float) -> None:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from presence.core.model import PresenceModel
-from presence.core.paging import lex_start, page_after
+from presence.core.paging import SortedIds, lex_start, page_after
 from presence.core.wire import Shared
 
 ids = st.sets(
@@ -48,6 +48,40 @@ def test_a_cursor_before_the_prefix_starts_at_the_prefix(
     assert page == sorted(u for u in users if u.startswith(prefix) and (not after or u > after))
 
 
+@given(
+    st.lists(ids, min_size=1, max_size=4),
+    st.integers(1, 12),
+    st.sampled_from(["", "a", "é", "ab"]),
+    st.one_of(st.none(), st.text(max_size=3)),
+)
+def test_the_cached_order_pages_as_page_after_does(
+    sets: list[set[str]], limit: int, prefix: str, after: str | None
+) -> None:
+    index = SortedIds()
+    for version, users in enumerate(sets):
+        for cursor in (after, None):
+            assert index.page(users, version, limit, cursor, prefix) == page_after(
+                users, limit, cursor, prefix
+            )
+        walked: list[str] = []
+        cursor = None
+        while True:
+            page, cursor = index.page(users, version, limit, cursor, prefix)
+            walked += page
+            if cursor is None:
+                break
+        assert walked == sorted(u for u in users if u.startswith(prefix))
+
+
+def test_the_cached_order_is_sorted_again_only_when_the_version_moves() -> None:
+    index = SortedIds()
+    assert index.page({"b", "a"}, 1, 10) == (["a", "b"], None)
+    assert index.page({"b", "a", "c"}, 1, 10) == (["a", "b"], None)  # same version: cached
+    assert index.page({"b", "a", "c"}, 2, 10) == (["a", "b", "c"], None)
+    with pytest.raises(ValueError):
+        index.page({"a"}, 2, 0)
+
+
 def test_a_full_last_page_has_no_cursor() -> None:
     assert page_after(["b", "a"], 2) == (["a", "b"], None)
     assert page_after(["b", "a", "c"], 2) == (["a", "b"], "b")
@@ -78,5 +112,9 @@ def test_the_model_lists_present_users_grace_included() -> None:
     model.close(a, 1, clean=False)  # in the grace: still present
     model.close(c, 1, clean=True)  # gone
     assert sorted(model.present()) == ["alice", "bob"]
+    version = model.present_version
+    model.open("c4", "bob", Nobody(), 2)  # a second connection: not a new present user
+    assert model.present_version == version
     model.expire(12)
     assert sorted(model.present()) == ["bob"]
+    assert model.present_version == version + 1
