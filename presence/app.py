@@ -15,8 +15,10 @@ from .config import Config
 from .core.model import PresenceModel
 from .core.rooms import Rooms
 from .hub import LocalHub
+from .server.dashboard import DashboardPage
 from .server.factory import PresenceFactory, ProtocolConfig
 from .server.metrics import Metrics
+from .server.online import OnlineQuery
 from .server.services import (
     ListeningPort,
     Reaper,
@@ -24,6 +26,7 @@ from .server.services import (
     reaper_interval,
     with_backlog,
 )
+from .server.stats import StatsPage
 from .server.tls import TLSReloadService
 from .server.web import build_site
 
@@ -69,6 +72,9 @@ class Daemon(MultiService):
             metrics_token=config.metrics_token,
             handshake_timeout=config.handshake_timeout,
             max_header_bytes=config.max_header_bytes,
+            online=OnlineQuery(hub),
+            api={b"stats": StatsPage(self.metrics, hub, reactor)},
+            pages={b"dashboard": DashboardPage()} if config.dashboard else {},
         )
         ShutdownService(hub, reactor).setServiceParent(self)
         # The reaper's tick also sends the batched room diffs that are due.

@@ -50,6 +50,7 @@ class Config:
     room_batch_interval: float = 1.0
     room_list_limit: int = 1000
     cluster: ClusterConfig | None = None  # --redis
+    dashboard: bool = False  # --dashboard: GET /dashboard serves the page
 
     @property
     def require_api_token(self) -> bool:

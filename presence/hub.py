@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 
-from .core import policy, wire
+from .core import paging, policy, wire
 from .core.model import (
     Change,
     Connection,
@@ -96,6 +96,12 @@ class PresenceHub(Protocol):
     def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
         """A page of the room's members in userId order, from just after ``after``."""
 
+    def online_page(
+        self, limit: int, after: str | None, prefix: str = ""
+    ) -> defer.Deferred[OnlinePage]:
+        """A page of the present users (grace included) in userId order, cluster-wide,
+        from just after ``after``, only those whose userId starts with ``prefix``."""
+
     @property
     def figures(self) -> Figures: ...
 
@@ -119,6 +125,13 @@ class RoomPage:
 
     def __init__(self, members: dict[str, Member], count: int, next: str | None) -> None:
         self.members, self.count, self.next = members, count, next
+
+
+class OnlinePage:
+    __slots__ = ("next", "users")
+
+    def __init__(self, users: dict[str, UserView], next: str | None) -> None:
+        self.users, self.next = users, next
 
 
 def page_of(members: Mapping[str, Member], limit: int, after: str | None) -> RoomPage:
@@ -223,6 +236,7 @@ class LocalHub:
             lambda user_id: model.view(user_id).status, model.offline_grace
         )
         self.diffs_sent = 0
+        self._present = paging.SortedIds()  # /presence/online's order
 
     @property
     def figures(self) -> Figures:
@@ -276,6 +290,13 @@ class LocalHub:
 
     def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
         return defer.succeed(page_of(self._rooms.members(room), limit, after))
+
+    def online_page(
+        self, limit: int, after: str | None, prefix: str = ""
+    ) -> defer.Deferred[OnlinePage]:
+        model = self._model
+        ids, next = self._present.page(model.present(), model.present_version, limit, after, prefix)
+        return defer.succeed(OnlinePage({u: self._model.view(u) for u in ids}, next))
 
     def subscribe(self, conn: Connection, user_ids: Iterable[str], now: float) -> None:
         views = subscribe_model(self._model, conn, user_ids)

@@ -294,6 +294,7 @@ class Options(usage.Options):
             "Offer permessage-deflate (off by default); inflated messages are still "
             "bounded by --max-message-size.",
         ],
+        ["dashboard", None, "Serve the live page GET /dashboard (off by default: 404)."],
     ]
 
     def __init__(self) -> None:
@@ -371,6 +372,7 @@ class Options(usage.Options):
             room_batch_interval=self["room-batch-interval"],
             room_list_limit=self["room-list-limit"],
             cluster=cluster_config(self),
+            dashboard=bool(self["dashboard"]),
         )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:

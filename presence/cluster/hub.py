@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from ..core.model import Change, Connection, Peer, PresenceModel, UserView
 from ..core.rooms import Rooms
-from ..hub import Figures, RoomFigures, RoomPage
+from ..hub import Figures, OnlinePage, RoomFigures, RoomPage
 from .link import RedisLink, RedisUnavailable
 from .metrics import ClusterMetrics, Errors
 from .options import ClusterConfig
@@ -178,6 +178,13 @@ class ClusterHub(Service):
             return defer.fail(RedisUnavailable(self.health_problem() or "redis is down"))
         d = self.store.snapshot(ids)
         return d.addCallback(lambda snap: {u: view for u, (_, view) in snap.items()})
+
+    def online_page(
+        self, limit: int, after: str | None, prefix: str = ""
+    ) -> defer.Deferred[OnlinePage]:
+        if not self._life.phase.writable:
+            return defer.fail(RedisUnavailable(self.health_problem() or "redis is down"))
+        return self.store.online(limit, after, prefix).addCallback(lambda r: OnlinePage(*r))
 
     def users_present(self) -> int:
         """Cluster-wide, as of the last beat (the last known count while Redis is away);

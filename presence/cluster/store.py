@@ -16,6 +16,7 @@ import orjson
 from twisted.internet import defer
 
 from ..core.model import OFFLINE, UserView
+from ..core.paging import lex_start
 from .link import RedisUnavailable
 from .options import RedisURL
 
@@ -33,6 +34,7 @@ SCRIPTS = (
     "expire",
     "resync",
     "leave",
+    "online",
 )
 REFUSED = -1  # open: the user is at the cap; nothing was registered
 
@@ -74,7 +76,10 @@ def load_script(name: str) -> str:
     package = resources.files("presence.cluster") / "lua"
     common = package.joinpath("_common.lua").read_text()
     rooms = package.joinpath("_rooms.lua").read_text()  # settle and reap call into it
-    return rooms + "\n" + common + "\n" + package.joinpath(f"{name}.lua").read_text()
+    online = package.joinpath("_online.lua").read_text()  # settle and go_offline call it
+    return (
+        online + "\n" + rooms + "\n" + common + "\n" + package.joinpath(f"{name}.lua").read_text()
+    )
 
 
 _SCRIPT_TEXT = {name: load_script(name) for name in SCRIPTS}
@@ -193,3 +198,20 @@ class Store(Scripts):
 
     def leave(self, now: float) -> defer.Deferred[int]:
         return self._run("leave", [self.node, stamp(now), self.ttl, self.grace]).addCallback(int)
+
+    def online(
+        self, limit: int, after: str | None, prefix: str = ""
+    ) -> defer.Deferred[tuple[dict[str, UserView], str | None]]:
+        """A page of the present users in userId order (``lua/online.lua``), and the
+        cursor for the next page (None on the last)."""
+
+        def parse(reply: list[Any]) -> tuple[dict[str, UserView], str | None]:
+            values = [_text(v) for v in reply]
+            users = {}
+            for i in range(1, len(values), 5):
+                uid, status, connections, last_seen, metadata = values[i : i + 5]
+                users[uid] = parse_view(status, connections, last_seen, metadata)
+            return users, values[0] or None
+
+        args = [lex_start(after, prefix), prefix, limit]
+        return self._run("online", args).addCallback(parse)

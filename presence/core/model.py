@@ -137,6 +137,7 @@ class PresenceModel:
         self._grace_heap: list[tuple[float, str]] = []
         self._metadata_seq = 0
         self.subscription_count = 0
+        self.present_version = 0  # bumped whenever a user becomes present or stops being
 
     # -- reading -------------------------------------------------------------------------
 
@@ -153,6 +154,10 @@ class PresenceModel:
     def online_user_count(self) -> int:
         """Users anyone would see as present (grace included)."""
         return len(self._users)
+
+    def present(self) -> Iterable[str]:
+        """The userIds anyone would see as present (grace included), in no order."""
+        return self._users.keys()
 
     def connections_of(self, user_id: str) -> int:
         user = self._users.get(user_id)
@@ -188,6 +193,7 @@ class PresenceModel:
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User(self.view(user_id))
+            self.present_version += 1
         elif user.grace_deadline is not None:
             # Back within the grace: the offline nobody saw is never sent.
             user.grace_deadline = None
@@ -285,6 +291,7 @@ class PresenceModel:
 
     def _end(self, user_id: str, user: _User, ended_at: float) -> list[Change]:
         del self._users[user_id]
+        self.present_version += 1
         self._last_seen[user_id] = ended_at
         self.stats.transitions[OFFLINE] += 1
         view = UserView(OFFLINE, {}, ended_at, 0)

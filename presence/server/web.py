@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -106,12 +106,15 @@ class PresenceQuery(Resource):
 
     isLeaf = True
 
-    def __init__(self, hub: PresenceHub) -> None:
+    def __init__(self, hub: PresenceHub, online: IResource | None = None) -> None:
         super().__init__()
         self.hub = hub
+        self.online = online  # /presence/online: the listing (server/online.py)
 
     def render_GET(self, request: Request) -> Any:
         path = [segment for segment in request.postpath or () if segment]
+        if path == [b"online"] and self.online is not None:
+            return self.online.render(request)
         if len(path) > 1:
             return json_error(request, 404, "NOT_FOUND", "no such resource")
         if path:
@@ -317,14 +320,21 @@ def build_site(
     metrics_token: bytes | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    online: IResource | None = None,
+    api: Mapping[bytes, IResource] | None = None,
+    pages: Mapping[bytes, IResource] | None = None,
 ) -> server.Site:
     """``require_api_token`` (auth on, or an api token given): /presence needs ``api_token``
-    as a Bearer token (no token: always 401). ``metrics_token``: /metrics needs it too."""
-    presence: IResource = PresenceQuery(hub)
+    as a Bearer token (no token: always 401). ``metrics_token``: /metrics needs it too.
+    ``online`` serves /presence/online; ``api`` more routes under /presence's rule (/stats),
+    ``pages`` open ones (/dashboard)."""
+    presence: IResource = PresenceQuery(hub, online)
     rooms: IResource = RoomQuery(hub)
+    extra = dict(api or {})
     if require_api_token or api_token is not None:
         presence = BearerGuard(presence, api_token)
         rooms = BearerGuard(rooms, api_token)
+        extra = {name: BearerGuard(child, api_token) for name, child in extra.items()}
     metrics_page: IResource = MetricsPage(metrics)
     if metrics_token is not None:
         metrics_page = BearerGuard(metrics_page, metrics_token)
@@ -336,6 +346,8 @@ def build_site(
             b"presence": presence,
             b"rooms": rooms,
             b"client": ClientDirectory(),
+            **extra,
+            **(pages or {}),
         }
     )
     site = QuietSite(root, reactor=clock)

@@ -157,6 +157,7 @@ class FakeStore:
             "expire": 0,
             "resync": False,
             "leave": 0,
+            "online": ({}, None),
         }
 
     def _call(self, name: str, *args: Any) -> defer.Deferred[Any]:
@@ -203,6 +204,9 @@ class FakeStore:
 
     def leave(self, now: float) -> defer.Deferred[Any]:
         return self._call("leave", now)
+
+    def online(self, limit: int, after: str | None, prefix: str = "") -> defer.Deferred[Any]:
+        return self._call("online", limit, after, prefix)
 
 
 CONFIG = ClusterConfig(RedisURL.parse("redis://127.0.0.1:1/0"), "n", 2.0)

@@ -142,6 +142,7 @@ class Twin:
                 seen(self.model.view(uid)),
             )
         assert self.r.call("SCARD", "presence:present") == self.model.online_user_count
+        assert self.r.call("ZRANGE", "presence:online", 0, -1) == sorted(self.model.present())
 
     def keep_seen_in_grace(self, before: dict[str, UserView]) -> None:
         """A batch that ended all of a user's connections and left them in the grace: the

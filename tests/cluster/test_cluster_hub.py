@@ -235,6 +235,17 @@ def test_lookup_is_unavailable_while_away() -> None:
     assert isinstance(failed, Failure) and "gone" in failed.getErrorMessage()
 
 
+def test_the_online_listing_is_read_from_redis_and_unavailable_while_away() -> None:
+    node = make_node()
+    node.store.answers["online"] = ({"a": view("busy"), "b": view("online", 0)}, "b")
+    page = opened(node.hub.online_page(2, "0", "x"))
+    assert (page.users, page.next) == ({"a": view("busy"), "b": view("online", 0)}, "b")
+    assert node.store.named("online")[-1].args == (2, "0", "x")
+    node.link.lose("gone")
+    failed = opened(node.hub.online_page(2, None))
+    assert isinstance(failed, Failure) and "gone" in failed.getErrorMessage()
+
+
 def test_an_update_redis_does_not_know_re_registers() -> None:
     node = make_node()
     conn = connect(node, "c1", "u")

@@ -84,6 +84,8 @@ def test_the_plugin_module_is_installed_into_twisted_plugins(venv: Path) -> None
     # Twisted's own plugins are still there: installing ours did not replace the package.
     assert (plugins / "twisted_web.py").is_file()
     assert (site_packages(venv) / "presence" / "py.typed").is_file()
+    assert (site_packages(venv) / "presence" / "server" / "static" / "dashboard.html").is_file()
+    assert (site_packages(venv) / "presence" / "cluster" / "lua" / "_online.lua").is_file()
 
 
 def test_presence_is_imported_from_the_venv(venv: Path, tmp_path: Path) -> None:
@@ -118,6 +120,7 @@ def test_the_installed_daemon_serves_health(venv: Path, tmp_path: Path) -> None:
                 "presence",
                 "--port",
                 f"tcp:{port}:interface=127.0.0.1",
+                "--dashboard",  # its page is package data
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -136,6 +139,8 @@ def test_the_installed_daemon_serves_health(venv: Path, tmp_path: Path) -> None:
 
     try:
         wait_until(healthy, timeout=20, interval=0.1, message=log.read_text)
+        with direct.open(f"http://127.0.0.1:{port}/dashboard", timeout=5) as r:
+            assert r.status == 200 and b"<canvas" in r.read()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -166,3 +166,9 @@ def test_a_port_that_cannot_be_bound_stops_start_up_with_one_line() -> None:
 )
 def test_a_port_without_a_backlog_gets_ours(given: str, listened: str) -> None:
     assert with_backlog(given) == listened
+
+
+def test_dashboard_is_an_off_by_default_flag() -> None:
+    assert parse("--port", SAFE_PORT).config.dashboard is False
+    assert parse("--port", SAFE_PORT, "--dashboard").config.dashboard is True
+    assert Config().dashboard is False

@@ -20,4 +20,5 @@ for i = 1, #nodes, 2 do
     alive = alive + 1
   end
 end
+online_heal()
 return {alive, ended, conns, redis.call('SCARD', P .. 'present')}
