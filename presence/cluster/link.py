@@ -132,6 +132,11 @@ class RedisLink:
             raise RedisUnavailable("stopped")
         for proto in (command, subscriber):
             proto.whenDisconnected().addCallback(lambda _, g=generation: self._lost(g))
+            # Commands are small writes while earlier ones await their replies: without
+            # TCP_NODELAY, Nagle holds each until the previous one is acknowledged.
+            no_delay = getattr(proto.transport, "setTcpNoDelay", None)
+            if no_delay is not None:
+                no_delay(True)
         self.command, self.subscriber = command, subscriber
         self._backoff = self.min_backoff
         self.problem = None

@@ -21,7 +21,7 @@ from tests.support.certs import fingerprint, make_cert
 
 def test_parse_descriptions() -> None:
     spec = parse_ssl_port("ssl:3443:privateKey=/k.pem:certKey=/c.pem:interface=127.0.0.1")
-    assert spec == SSLPort(3443, Path("/k.pem"), Path("/c.pem"), None, "127.0.0.1", 50)
+    assert spec == SSLPort(3443, Path("/k.pem"), Path("/c.pem"), None, "127.0.0.1", 511)
     spec = parse_ssl_port(r"ssl:port=0:privateKey=/both.pem:interface=\:\:1:backlog=7")
     assert (spec.port, spec.cert_key, spec.interface, spec.backlog) == (
         0,
