@@ -312,6 +312,7 @@ class PresenceClient:
             await self._session(ws)
         finally:
             self._ws = None
+            self._connection = CLOSED  # told (with what comes next) once that is decided
         code, reason = ws.close_code, ws.close_reason
         return reconnect.after_close(code, reason, self._get_token is not None), code, reason
 
