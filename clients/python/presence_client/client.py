@@ -1,40 +1,23 @@
-"""PresenceClient: one self-healing connection to a presence daemon, on asyncio and
-``websockets``. What it decides (state, backoff, close codes) lives in state.py and
-reconnect.py; this module only moves messages."""
+"""PresenceClient: the presence one asks for, and the presence one is told, over a link
+(link.py) that reconnects on its own. The pure parts live in state.py (the synced state)
+and reconnect.py (backoff, close codes, token expiry)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import json
 import random
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from urllib.parse import urlsplit
 
 from . import reconnect
-from .reconnect import Backoff, Verdict
-from .state import (
-    CLOSED,
-    CLOSING,
-    CONNECTING,
-    OPEN,
-    Change,
-    ConnectionChange,
-    ErrorChange,
-    PresenceState,
-    Room,
-    User,
-)
+from .link import Link, TokenSource
+from .reconnect import Backoff
+from .state import OPEN, Change, PresenceState, Room, User
 
 STATUSES = ("online", "away", "busy")
-TokenSource = Callable[[], str | Awaitable[str]]
 
 
 class PresenceClosed(Exception):
@@ -70,31 +53,28 @@ class PresenceClient:
             raise ValueError(f"invalid userId: {user_id!r}")
         self.url = url
         self.user_id = user_id
-        self._token = token
-        self._get_token = get_token
-        self._origin = origin
-        self._backoff = backoff or Backoff()
-        self._open_timeout = open_timeout
+        self._link = Link(
+            self,
+            url,
+            user_id,
+            token=token,
+            get_token=get_token,
+            origin=origin,
+            backoff=backoff or Backoff(),
+            open_timeout=open_timeout,
+            connect_options=connect_options or {},
+            rand=rand,
+        )
         self._request_timeout = request_timeout
-        self._connect_options = dict(connect_options or {})
-        self._rand = rand
         self._state = PresenceState()
         self._status: str | None = None
         self._metadata: dict[str, Any] | None = None
         self._watching: dict[str, None] = {}
         self._rooms: dict[str, dict[str, Any] | None] = {}
-        self._ws: ClientConnection | None = None
-        self._connection = CLOSED
         self._changes: deque[Change] = deque(maxlen=buffer)
         self._tick = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._finished = False
-        self._epoch = 0  # connections opened so far
         self._errors = 0  # ERROR messages received so far
-        self._room_states: dict[str, int] = {}
-        self.connection_id: str | None = None
-        self.stopped_reason: str | None = None  # why a final close ended the client
+        self._room_states: dict[str, int] = {}  # ROOM_STATEs received, by room
 
     # -- life ------------------------------------------------------------------------------
 
@@ -106,35 +86,33 @@ class PresenceClient:
         await self.close()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        """Start connecting (``async with`` does this)."""
+        self._link.start()
 
     async def close(self) -> None:
         """Close the connection with 1000 (the user is offline at once) and stop."""
-        if self._finished:
-            return
-        self._closing = True
-        ws = self._ws
-        if ws is not None:
-            self._set_state(CLOSING)
-            with contextlib.suppress(TimeoutError, OSError, WebSocketException):
-                await asyncio.wait_for(ws.close(1000), self._open_timeout)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._finish(1000, "closed by the client")
+        await self._link.close()
 
     # -- reading the state -----------------------------------------------------------------
 
     @property
     def state(self) -> str:
         """CONNECTING, OPEN, CLOSING or CLOSED."""
-        return self._connection
+        return self._link.state
 
     @property
     def stopped(self) -> bool:
-        return self._finished
+        return self._link.finished
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why the client stopped (the server's close reason, say), once it has."""
+        return self._link.stopped_reason
+
+    @property
+    def connection_id(self) -> str | None:
+        """The ``connectionId`` of the latest ``CONNECT``."""
+        return self._link.connection_id
 
     def user(self, user_id: str) -> User | None:
         return self._state.users.get(user_id)
@@ -147,7 +125,7 @@ class PresenceClient:
         while True:
             while self._changes:
                 yield self._changes.popleft()
-            if self._finished:
+            if self._link.finished:
                 return
             await self._tick.wait()
 
@@ -156,12 +134,12 @@ class PresenceClient:
         after ``timeout`` seconds; PresenceClosed if the client stops first)."""
         async with asyncio.timeout(timeout):
             while not predicate():
-                if self._finished:
+                if self._link.finished:
                     raise PresenceClosed(self.stopped_reason or "closed")
                 await self._tick.wait()
 
     async def wait_open(self, timeout: float | None = None) -> None:
-        await self.wait_until(lambda: self._connection == OPEN, timeout)
+        await self.wait_until(lambda: self._link.state == OPEN, timeout)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -223,132 +201,31 @@ class PresenceClient:
 
     async def _send(self, kind: str, payload: dict[str, Any] | None = None) -> bool:
         """Send now if open (True); otherwise it goes with the next connection's re-send."""
-        if self._finished:
-            raise PresenceClosed(self.stopped_reason or "closed")
-        ws = self._ws
-        if ws is None or self._connection != OPEN:
-            return False
+        if self._link.finished:
+            raise PresenceClosed(self._link.stopped_reason or "closed")
         message: dict[str, Any] = {"type": kind}
         if payload is not None:
             message["payload"] = payload
-        try:
-            await ws.send(json.dumps(message))
-        except ConnectionClosed:
-            return False
-        return True
+        return await self._link.send(message)
 
     async def _request(
         self, kind: str, payload: dict[str, Any], answered: Callable[[], bool]
     ) -> None:
-        epoch, errors = self._epoch, self._errors
+        link, errors = self._link, self._errors
+        epoch = link.epoch
         if not await self._send(kind, payload):
             return
         # The answer, or the reason it did not come, is in changes().
         with contextlib.suppress(TimeoutError, PresenceClosed):
             await self.wait_until(
                 lambda: (
-                    answered()
-                    or self._errors > errors
-                    or self._epoch != epoch
-                    or self._connection != OPEN
+                    answered() or self._errors > errors or link.epoch != epoch or link.state != OPEN
                 ),
                 self._request_timeout,
             )
 
-    async def _run(self) -> None:
-        try:
-            await self._reconnecting()
-        except Exception as e:  # a bug here must not leave the application waiting
-            self._finish(None, f"internal error: {e!r}")
-
-    async def _reconnecting(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closing:
-            self._set_state(CONNECTING)
-            verdict, code, reason = await self._attempt()
-            if self._closing:
-                return
-            self._backoff.closed(loop.time())
-            if verdict == "new-token":
-                refused = self._token
-                try:
-                    self._token = await self._fetch_token()
-                except Exception as e:
-                    self._finish(code, f"{reason}; get_token failed: {e}")
-                    return
-                if self._token == refused:
-                    self._finish(code, f"{reason}; get_token gave the refused token again")
-                    return
-            elif verdict == "stop":
-                self._finish(code, reason)
-                return
-            delay = self._backoff.next_delay(self._rand)
-            self._set_state(CLOSED, code=code, reason=reason, retry_in=delay)
-            await asyncio.sleep(delay)
-
-    async def _attempt(self) -> tuple[Verdict, int | None, str | None]:
-        if self._get_token is not None and _stale(self._token):
-            try:
-                self._token = await self._fetch_token()
-            except Exception as e:
-                return "retry", None, f"get_token failed: {e}"
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-        try:
-            ws = await connect(
-                self._connect_url(),
-                additional_headers=headers,
-                origin=self._origin,  # type: ignore[arg-type]
-                open_timeout=self._open_timeout,
-                max_size=2**24,
-                **self._connect_options,
-            )
-        except InvalidStatus as e:
-            status = e.response.status_code
-            return reconnect.after_refused_handshake(status), None, f"HTTP {status}"
-        except (OSError, TimeoutError, WebSocketException) as e:
-            return "retry", None, str(e) or type(e).__name__
-        self._ws = ws
-        try:
-            await self._session(ws)
-        finally:
-            self._ws = None
-            self._connection = CLOSED  # told (with what comes next) once that is decided
-        code, reason = ws.close_code, ws.close_reason
-        return reconnect.after_close(code, reason, self._get_token is not None), code, reason
-
-    async def _session(self, ws: ClientConnection) -> None:
-        try:
-            hello = json.loads(await asyncio.wait_for(ws.recv(), self._open_timeout))
-        except (TimeoutError, ValueError):
-            await ws.close(1002, "no CONNECT")
-            return
-        except ConnectionClosed:
-            return
-        if not isinstance(hello, dict) or hello.get("type") != "CONNECT":
-            await ws.close(1002, "no CONNECT")
-            return
-        self.connection_id = hello.get("connectionId")
-        interval = hello.get("heartbeatInterval")
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-            interval = 15.0
-        self._epoch += 1
-        self._set_state(OPEN)
-        self._backoff.opened(asyncio.get_running_loop().time())
-        tasks = [asyncio.create_task(self._heartbeat(ws, float(interval)))]
-        if self._get_token is not None:
-            tasks.append(asyncio.create_task(self._refresher(ws)))
-        try:
-            await self._resend()
-            async for raw in ws:
-                self._handle(raw)
-        except ConnectionClosed:
-            pass
-        finally:
-            for task in tasks:
-                task.cancel()
-
-    async def _resend(self) -> None:
-        """What the application asked for, again: status, watches, rooms."""
+    async def opened(self) -> None:
+        """A new connection (the link calls this): what the application asked for, again."""
         if self._status is not None:
             payload: dict[str, Any] = {"status": self._status}
             if self._metadata is not None:
@@ -362,13 +239,9 @@ class PresenceClient:
                 join["metadata"] = metadata
             await self._send("JOIN", join)
 
-    def _handle(self, raw: str | bytes) -> None:
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            return
-        if not isinstance(message, dict):
-            return
+    def received(self, message: dict[str, Any]) -> None:
+        """A server message (the link calls this), applied unless it is for what the
+        application has stopped watching meanwhile."""
         kind = message.get("type")
         if kind == "PRESENCE_STATE" and isinstance(message.get("users"), dict):
             users = message["users"]
@@ -383,87 +256,18 @@ class PresenceClient:
         elif kind == "ERROR":
             self._errors += 1
         for change in self._state.apply(message):
-            self._emit(change)
+            self.changed(change)
         self._notify()
-
-    async def _heartbeat(self, ws: ClientConnection, interval: float) -> None:
-        heartbeat = json.dumps({"type": "HEARTBEAT"})
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                await ws.send(heartbeat)
-        except ConnectionClosed:
-            pass
-
-    async def _refresher(self, ws: ClientConnection) -> None:
-        """Fetch a new token before the current one expires and send REFRESH_TOKEN."""
-        pause = 0.0
-        while True:
-            expires = reconnect.token_expiry(self._token) if self._token else None
-            if expires is None:
-                return
-            now = time.time()
-            await asyncio.sleep(max(pause, reconnect.refresh_at(expires, now) - now))
-            pause = 1.0  # never more than one refresh a second
-            try:
-                token = await self._fetch_token()
-            except Exception as e:
-                self._emit(ErrorChange("GET_TOKEN_FAILED", f"get_token failed: {e}"))
-                continue
-            if token == self._token:
-                continue
-            self._token = token
-            try:
-                await ws.send(json.dumps({"type": "REFRESH_TOKEN", "payload": {"token": token}}))
-            except ConnectionClosed:
-                return
-
-    async def _fetch_token(self) -> str:
-        assert self._get_token is not None
-        token = self._get_token()
-        if inspect.isawaitable(token):
-            token = await token
-        if not isinstance(token, str) or not token:
-            raise ValueError("get_token must return a non-empty string")
-        return token
-
-    def _connect_url(self) -> str:
-        parts = urlsplit(self.url)
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "userId"]
-        query.append(("userId", self.user_id))
-        return urlunsplit(parts._replace(path=parts.path or "/", query=urlencode(query)))
 
     # -- changes ---------------------------------------------------------------------------
 
-    def _set_state(self, state: str, **details: Any) -> None:
-        self._connection = state
-        self._emit(ConnectionChange(state, **details))
-        self._notify()
-
-    def _finish(self, code: int | None, reason: str | None) -> None:
-        if self._finished:
-            return
-        self.stopped_reason = reason
-        self._connection = CLOSED
-        self._emit(ConnectionChange(CLOSED, code=code, reason=reason, final=True))
-        self._finished = True
-        self._notify()
-
-    def _emit(self, change: Change) -> None:
+    def changed(self, change: Change) -> None:
         self._changes.append(change)
         self._notify()
 
     def _notify(self) -> None:
         self._tick.set()
         self._tick = asyncio.Event()
-
-
-def _stale(token: str | None) -> bool:
-    """No token yet, or one that expires within the next second."""
-    if token is None:
-        return True
-    expires = reconnect.token_expiry(token)
-    return expires is not None and expires - time.time() < 1.0
 
 
 def _names(names: Iterable[str], what: str) -> list[str]:
