@@ -50,15 +50,22 @@ def token(sub: str, exp_in: float = 300, secret: str = SECRET, **claims: Any) ->
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def collect(client: PresenceClient) -> list[Change]:
+class Seen(list[Change]):
+    """The changes a client yielded so far; ``await seen.task`` once the client stopped
+    has them all."""
+
+    task: asyncio.Task[None]
+
+
+def collect(client: PresenceClient) -> Seen:
     """Every change the client yields, appended as it comes (until the client stops)."""
-    seen: list[Change] = []
+    seen = Seen()
 
     async def run() -> None:
         async for change in client.changes():
             seen.append(change)
 
-    asyncio.get_running_loop().create_task(run())
+    seen.task = asyncio.get_running_loop().create_task(run())
     return seen
 
 
@@ -115,7 +122,7 @@ def test_watch_join_and_a_daemon_restart(start_daemon: Callable[..., Daemon]) ->
             await asyncio.to_thread(first.stop)
             await ops.wait_until(lambda: ops.state != OPEN, 10)
             second = await asyncio.to_thread(start_daemon, *args, port=first.port)
-            await ops.wait_until(lambda: states(seen).count(OPEN) == 2, 30)
+            await until(lambda: states(seen).count(OPEN) == 2, 30, "ops reconnected")
             closed = [c for c in seen if isinstance(c, ConnectionChange) and c.state == CLOSED]
             assert (closed[0].code, closed[0].reason) == (1001, "server shutting down")
             assert closed[0].retry_in is not None and closed[0].retry_in <= 1.0
@@ -162,6 +169,7 @@ def test_watch_join_and_a_daemon_restart(start_daemon: Callable[..., Daemon]) ->
             await ops.leave("doc:42")
             await ops.unwatch(["alice"])
             assert ops.room("doc:42") is None and ops.user("alice") is None
+        await seen.task
         assert states(seen)[-2:] == ["CLOSING", CLOSED] and ops.stopped
 
     asyncio.run(asyncio.wait_for(flow(), 60))
@@ -220,7 +228,7 @@ def test_tokens_refreshed_before_exp_and_renewed_after_token_expired(jwt_daemon:
             seen, bobs = collect(refreshing), collect(expiring)
             refreshes = 'ws_messages_total{type="REFRESH_TOKEN"}'
             await until(lambda: jwt_daemon.metrics().get(refreshes, 0) >= 2, 20, "two refreshes")
-            await expiring.wait_until(lambda: states(bobs).count(OPEN) == 2, 20)
+            await until(lambda: states(bobs).count(OPEN) == 2, 20, "bob reconnected")
             assert states(seen) == [CONNECTING, OPEN]
             assert not any(isinstance(c, ErrorChange) for c in seen)
             closed = [c for c in bobs if isinstance(c, ConnectionChange) and c.state == CLOSED]
