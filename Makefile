@@ -9,10 +9,10 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: run test lint typecheck unit e2e bench bench-fanout bench-rooms clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+$(BIN)/.installed: setup.cfg pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]' -e ./clients/python
 	touch $@
 
 run: $(BIN)/.installed
