@@ -19,11 +19,12 @@ run: $(BIN)/.installed
 	$(BIN)/twistd -n --pidfile= presence --port tcp:$(PORT)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check presence tests twisted bench
-	$(BIN)/ruff format --check presence tests twisted bench
+	$(BIN)/ruff check presence tests twisted bench clients/python
+	$(BIN)/ruff format --check presence tests twisted bench clients/python
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
+	cd clients/python && ../../$(BIN)/mypy
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest -m "not e2e"
