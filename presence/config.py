@@ -50,6 +50,7 @@ class Config:
     room_batch_interval: float = 1.0
     room_list_limit: int = 1000
     cluster: ClusterConfig | None = None  # --redis
+    log_format: str = "text"  # or "json" (server/logs.py)
 
     @property
     def require_api_token(self) -> bool:
