@@ -65,7 +65,7 @@ def dashboard_queries(board: dict[str, Any]) -> list[str]:
     queries = [t["expr"] for p in panels(board) for t in p["targets"]]
     for variable in board["templating"]["list"]:
         if variable["type"] == "query":
-            found = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["query"]["query"])
+            found = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["query"])
             assert found, variable
             queries.append(found.group(1))
     return queries
