@@ -7,7 +7,8 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
 from .cluster.hub import ClusterHub, build_cluster_hub
 from .cluster.metrics import ClusterMetrics
@@ -18,6 +19,7 @@ from .hub import LocalHub
 from .server.dashboard import DashboardPage
 from .server.factory import PresenceFactory, ProtocolConfig
 from .server.metrics import Metrics
+from .server.notify import NotifyService
 from .server.online import OnlineQuery
 from .server.services import (
     ListeningPort,
@@ -42,6 +44,7 @@ class Daemon(MultiService):
         self.clock = reactor
         self.model = PresenceModel(config.offline_grace, config.max_subscriptions)
         self.metrics = Metrics()
+        self.metrics.max_connections = config.max_connections
         self.hub: LocalHub | ClusterHub
         if config.cluster is not None:
             self.hub = build_cluster_hub(
@@ -91,6 +94,18 @@ class Daemon(MultiService):
                 tls.append(listen.tls)
             ListeningPort(listen.description, endpoint, self.site).setServiceParent(self)
         TLSReloadService(tls, reactor).setServiceParent(self)
+        # Last: started once every port is bound, stopped first (STOPPING=1 at once).
+        self.notify = NotifyService(reactor, hub.ready)
+        self.notify.setServiceParent(self)
+
+    # --log-format json: twistd makes its Application after makeService and starts its
+    # logger on the Application's ILogObserver component when it has one (server/logs.py).
+    log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
 
 def rooms(config: Config, model: PresenceModel) -> Rooms:

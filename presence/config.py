@@ -51,6 +51,7 @@ class Config:
     room_list_limit: int = 1000
     cluster: ClusterConfig | None = None  # --redis
     dashboard: bool = False  # --dashboard: GET /dashboard serves the page
+    log_format: str = "text"  # or "json" (server/logs.py)
 
     @property
     def require_api_token(self) -> bool:

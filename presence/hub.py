@@ -82,6 +82,10 @@ class PresenceHub(Protocol):
     def health_problem(self) -> str | None:
         """Why this node is degraded, or None."""
 
+    def ready(self) -> defer.Deferred[None]:
+        """Fires once this node first serves (at once on one node; with Redis, once it
+        registered and re-read its watches): when systemd is told READY=1."""
+
     def join(
         self, conn: Connection, room: str, metadata: Mapping[str, Any] | None, now: float
     ) -> None:
@@ -323,6 +327,9 @@ class LocalHub:
 
     def health_problem(self) -> str | None:
         return None
+
+    def ready(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
 
     def deliver(self, changes: list[Change], now: float) -> None:
         for change in changes:

@@ -18,6 +18,7 @@ from .core.auth import BadKey, JwtVerifier, verifier_from_public_key, verifier_f
 from .core.origins import parse_origins
 from .core.ratelimit import parse_rate
 from .options import choice, coerced, nonempty, number, readable_file
+from .server.logs import LOG_OPTIONS, observer_for
 from .server.tls import ReloadableTLS, TLSConfigError, parse_ssl_port
 
 FD_RESERVE = 64  # file descriptors kept for listening sockets, logs, Redis, ...
@@ -277,6 +278,7 @@ PARAMETERS: list[Sequence[Any]] = [
         number(int, 1, "--room-list-limit"),
     ],
     *CLUSTER_OPTIONS,
+    *LOG_OPTIONS,
 ]
 
 
@@ -373,6 +375,7 @@ class Options(usage.Options):
             room_list_limit=self["room-list-limit"],
             cluster=cluster_config(self),
             dashboard=bool(self["dashboard"]),
+            log_format=self["log-format"],
         )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
@@ -384,4 +387,6 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    return build(options.config, reactor)
+    daemon = build(options.config, reactor)
+    daemon.log_observer = observer_for(options.config.log_format, getattr(options, "parent", None))
+    return daemon

@@ -229,6 +229,9 @@ class ClusterHub(Service):
     def health_problem(self) -> str | None:
         return self._life.phase.problem(self.link.problem)
 
+    def ready(self) -> defer.Deferred[None]:
+        return self._life.first_served()
+
     # -- service ---------------------------------------------------------------------------
 
     def startService(self) -> None:

@@ -88,6 +88,8 @@ class Registration:
         self._beat: LoopingCall | None = None
         self._beating: defer.Deferred[Any] | None = None
         self._stopped: defer.Deferred[None] = defer.Deferred()
+        self._served = False  # entered serving once, since this object was made
+        self._serving_waiters: list[defer.Deferred[None]] = []
         link.on_lost = self.machine.lost
 
     # -- the service -----------------------------------------------------------------------
@@ -103,6 +105,14 @@ class Registration:
         """Fires once the node left the cluster (or could not) and the link is down."""
         self.machine.stop()
         return self._stopped
+
+    def first_served(self) -> defer.Deferred[None]:
+        """Fires once the node first reaches serving (at once if it has)."""
+        if self._served:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._serving_waiters.append(d)
+        return d
 
     def note_ended(self, connection_id: str, user_id: str, at: float, clean: bool) -> None:
         """A connection closed while Redis was away: the next registration ends it."""
@@ -193,6 +203,10 @@ class Registration:
             count=self._model.connection_count,
             watched=len(self._watches.watched()),
         )
+        self._served = True
+        waiters, self._serving_waiters = self._serving_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def go_local(self) -> None:
         """Off Redis: serve from this node's model; tell local watchers what this node

@@ -171,6 +171,11 @@ class _WebSocketCollector(Collector):
             "ws_connections_current", "WebSocket connections open now.", value=m.connections()
         )
         yield GaugeMetricFamily(
+            "presence_max_connections",
+            "--max-connections: WebSocket connections this process accepts (0: no cap).",
+            value=m.max_connections,
+        )
+        yield GaugeMetricFamily(
             "ws_clients_current", "Distinct userIds connected now.", value=m.clients()
         )
         messages = CounterMetricFamily(
@@ -205,6 +210,7 @@ class Metrics:
         self.message_size = FastHistogram(SIZE_BUCKETS)
         self.latency = FastHistogram(LATENCY_BUCKETS)
         self.connections: Callable[[], int] = lambda: 0
+        self.max_connections = 0  # --max-connections (0: no cap)
         self.clients: Callable[[], int] = lambda: 0
         registry.register(_WebSocketCollector(self))
 
