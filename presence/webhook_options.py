@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from twisted.python import usage
+
 from .core.webhooks import EVENT_TYPES, WebhookConfig, parse_secret
 from .options import coerced, number, readable_file
 
@@ -45,8 +47,12 @@ class WebhookURLOption:
     def opt_webhook_url(self, url: str) -> None:
         """Send every event to this http(s) URL (repeatable: each endpoint gets every
         event). Needs --webhook-secret-file."""
+        try:
+            url = parse_url(url)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         mapping: Any = self
-        mapping[URLS] = (*mapping.get(URLS, ()), parse_url(url))
+        mapping[URLS] = (*mapping.get(URLS, ()), url)
 
 
 WEBHOOK_OPTIONS: list[Sequence[Any]] = [

@@ -16,6 +16,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from tests.support.certs import make_cert
 from tests.support.daemon import Daemon, wait_until
 from tests.support.webhook_receiver import Receiver
 
@@ -164,6 +165,33 @@ def test_a_receiver_that_hangs_gets_the_event_again_after_the_timeout(
         metrics = daemon.metrics()
         assert metrics['presence_webhook_deliveries_total{result="retry"}'] == 1
         assert metrics["presence_webhook_delivery_seconds_count"] == 2
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["ssl-cert-file", "untrusted"])
+def test_https_receivers_are_verified_against_ssl_cert_file(
+    start_daemon: Callable[..., Daemon], tmp_path: Path, trusted: bool
+) -> None:
+    """TLS to the receiver is checked (certificate and name); SSL_CERT_FILE brings a
+    private CA, as for rediss://. Without it the self-signed receiver is refused."""
+    tls = make_cert(tmp_path, "receiver")
+    env = {"SSL_CERT_FILE": str(tls[1])} if trusted else {"SSL_CERT_FILE": str(tmp_path / "none")}
+    with Receiver(RAW_SECRET, tls=tls, host="localhost") as receiver:
+        daemon = start_daemon(*webhook_args(tmp_path, receiver, RAW_SECRET), env=env)
+
+        async def flow() -> None:
+            dave = await connect(daemon, "dave")
+            await ack(dave)
+            await dave.close()
+
+        asyncio.run(flow())
+        if trusted:
+            wait_until(lambda: len(receiver.delivered()) == 2, timeout=30)
+            assert receiver.events() == [("user.online", "dave"), ("user.offline", "dave")]
+        else:
+            retried = 'presence_webhook_deliveries_total{result="retry"}'
+            wait_until(lambda: daemon.metrics()[retried] >= 2, timeout=30)
+            assert receiver.delivered() == []
+            assert "certificate verify failed" in daemon.log()
 
 
 def test_metrics_are_there_without_webhooks(daemon: Daemon) -> None:

@@ -1,14 +1,17 @@
 """A webhook receiver for e2e tests: an http.server on an ephemeral loopback port, in a
 thread, that verifies every request with the ``standardwebhooks`` library, answers 500 to
 the first ``fail_first`` requests and lets the first ``hang_first`` hang (no answer until
-the test ends), and records everything it saw."""
+the test ends), and records everything it saw. With ``tls`` (a key and certificate) it
+speaks HTTPS."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import standardwebhooks
@@ -23,7 +26,14 @@ class Seen:
 
 
 class Receiver:
-    def __init__(self, secret: str | bytes, fail_first: int = 0, hang_first: int = 0) -> None:
+    def __init__(
+        self,
+        secret: str | bytes,
+        fail_first: int = 0,
+        hang_first: int = 0,
+        tls: tuple[Path, Path] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.hook = standardwebhooks.Webhook(secret)
         self.fail_first = fail_first
         self.hang_first = hang_first
@@ -44,11 +54,17 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme, self.host = ("https" if tls else "http"), host
+        if tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(tls[1]), str(tls[0]))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks?token=t0ps3cret"
+        port = self.server.server_address[1]
+        return f"{self.scheme}://{self.host}:{port}/hooks?token=t0ps3cret"
 
     def __enter__(self) -> Receiver:
         self.thread.start()
