@@ -80,8 +80,6 @@ class Daemon(MultiService):
             metrics_token=config.metrics_token,
             handshake_timeout=config.handshake_timeout,
             max_header_bytes=config.max_header_bytes,
-            # GET /presence/online; the cluster's hub answers it for the cluster (its own branch).
-            online=self.hub if isinstance(self.hub, LocalHub) else None,
         )
         ShutdownService(hub, reactor).setServiceParent(self)
         # The reaper's tick also sends the batched room diffs that are due.

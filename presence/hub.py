@@ -9,14 +9,14 @@ node), the others return at once.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from twisted.internet import defer
 
-from .core import policy, wire
+from .core import policy, webhooks, wire
 from .core.model import (
+    OFFLINE,
     Change,
     Connection,
     Peer,
@@ -25,7 +25,7 @@ from .core.model import (
     TooManySubscriptions,
     UserView,
 )
-from .core.room_events import RoomJournal, room_events, user_events
+from .core.room_events import RoomJournal
 from .core.rooms import Member, RoomDiff, RoomRefused, Rooms, RoomState
 from .core.webhooks import Event
 
@@ -122,29 +122,6 @@ class RoomFigures(Protocol):
 
     @property
     def diffs_sent(self) -> int: ...
-
-
-class OnlinePage:
-    __slots__ = ("next", "users")
-
-    def __init__(self, users: dict[str, UserView], next: str | None) -> None:
-        self.users, self.next = users, next
-
-
-class OnlineDirectory(Protocol):
-    """GET /presence/online: every present user, paged (the resync of a webhook receiver)."""
-
-    def online_page(self, limit: int, after: str | None) -> defer.Deferred[OnlinePage]:
-        """Present users (grace included) in userId order, from just after ``after``. The
-        order is code point order, which is UTF-8 byte order: the same on every node."""
-
-
-def online_page_of(
-    views: Callable[[str], UserView], present: Iterable[str], limit: int, after: str | None
-) -> OnlinePage:
-    ids = heapq.nsmallest(limit + 1, (u for u in present if after is None or u > after))
-    page = ids[:limit]
-    return OnlinePage({u: views(u) for u in page}, page[-1] if len(ids) > limit else None)
 
 
 class RoomPage:
@@ -311,10 +288,6 @@ class LocalHub:
     def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
         return defer.succeed(page_of(self._rooms.members(room), limit, after))
 
-    def online_page(self, limit: int, after: str | None) -> defer.Deferred[OnlinePage]:
-        model = self._model
-        return defer.succeed(online_page_of(model.view, model.present_users(), limit, after))
-
     def subscribe(self, conn: Connection, user_ids: Iterable[str], now: float) -> None:
         views = subscribe_model(self._model, conn, user_ids)
         conn.peer.send(state_message(views, now))
@@ -361,3 +334,35 @@ class LocalHub:
             for peer in change.watchers:
                 peer.send_shared(message)
             self.diffs_sent += len(change.watchers)
+
+
+def user_events(changes: Iterable[Change], now: float) -> list[Event]:
+    events = []
+    for change in changes:
+        if change.view.status == OFFLINE:
+            kind = webhooks.USER_OFFLINE
+        elif change.appeared:
+            kind = webhooks.USER_ONLINE
+        else:
+            kind = webhooks.USER_UPDATED
+        events.append(webhooks.user_event(kind, change.user_id, change.view, now))
+    return events
+
+
+def room_events(rooms: Rooms, now: float) -> list[Event]:
+    if not isinstance(rooms, RoomJournal) or not rooms.journal:
+        return []
+    events = []
+    for m in rooms.take():
+        if m.joined and m.count == 1:
+            events.append(webhooks.room_event(webhooks.ROOM_OCCUPIED, m.room, now))
+        kind = webhooks.ROOM_JOINED if m.joined else webhooks.ROOM_LEFT
+        member = m.member
+        events.append(
+            webhooks.member_event(
+                kind, m.room, m.user_id, member.status, member.metadata, member.connections, now
+            )
+        )
+        if not m.joined and m.count == 0:
+            events.append(webhooks.room_event(webhooks.ROOM_VACATED, m.room, now))
+    return events

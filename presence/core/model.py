@@ -155,10 +155,6 @@ class PresenceModel:
         """Users anyone would see as present (grace included)."""
         return len(self._users)
 
-    def present_users(self) -> Iterable[str]:
-        """Every user anyone would see as present (grace included), in no order."""
-        return self._users.keys()
-
     def connections_of(self, user_id: str) -> int:
         user = self._users.get(user_id)
         return len(user.connections) if user else 0

@@ -19,7 +19,7 @@ from twisted.web.server import Request
 from ..core import wire
 from ..core.auth import bearer
 from ..core.model import UserView
-from ..hub import OnlineDirectory, OnlinePage, PresenceHub, RoomPage, member_json, user_json
+from ..hub import PresenceHub, RoomPage, member_json, user_json
 from .handshake import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_HEADER_BYTES,
@@ -101,21 +101,16 @@ def _user_ids_from(raw: bytes) -> list[str] | None:
 
 
 class PresenceQuery(Resource):
-    """GET /presence/{userId} and GET /presence?userIds=a,b,c: what watchers would be told.
-    GET /presence/online pages through every present user (a user named "online" is
-    asked for with ?userIds=online)."""
+    """GET /presence/{userId} and GET /presence?userIds=a,b,c: what watchers would be told."""
 
     isLeaf = True
 
-    def __init__(self, hub: PresenceHub, online: OnlineDirectory | None = None) -> None:
+    def __init__(self, hub: PresenceHub) -> None:
         super().__init__()
         self.hub = hub
-        self.online = online
 
     def render_GET(self, request: Request) -> Any:
         path = [segment for segment in request.postpath or () if segment]
-        if path == [b"online"] and self.online is not None:
-            return online_page(self.online, request)
         if len(path) > 1:
             return json_error(request, 404, "NOT_FOUND", "no such resource")
         if path:
@@ -178,44 +173,6 @@ def _query_int(request: Request, name: bytes, default: int, low: int, high: int)
     return value if low <= value <= high and len(raw) == 1 else None
 
 
-def _after(request: Request) -> tuple[bool, str | None]:
-    """(valid, the userId after which the page starts) from ?cursor=."""
-    raw = request.args.get(b"cursor")
-    if not raw:
-        return True, None
-    after = _cursor(raw[0]) if len(raw) == 1 else None
-    return after is not None, after
-
-
-def _next(user_id: str | None) -> str | None:
-    return (
-        None
-        if user_id is None
-        else base64.urlsafe_b64encode(user_id.encode()).rstrip(b"=").decode()
-    )
-
-
-def online_page(online: OnlineDirectory, request: Request) -> Any:
-    limit = _query_int(request, b"limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    if limit is None:
-        return json_error(request, 400, "INVALID_LIMIT", f"limit must be 1 to {MAX_PAGE}")
-    valid, after = _after(request)
-    if not valid:
-        return json_error(request, 400, "INVALID_CURSOR", "invalid cursor")
-
-    def answer(page: OnlinePage) -> None:
-        users = {u: user_json(v) for u, v in page.users.items()}
-        request.write(json_response(request, 200, {"users": users, "next": _next(page.next)}))
-        request.finish()
-
-    def failed(failure: Failure) -> None:
-        request.write(json_error(request, 503, "UNAVAILABLE", "presence store unavailable"))
-        request.finish()
-
-    online.online_page(limit, after).addCallbacks(answer, failed)
-    return server.NOT_DONE_YET
-
-
 class RoomQuery(Resource):
     """GET /rooms/{room}?limit=&cursor=: the room's members, paged in userId order."""
 
@@ -238,16 +195,21 @@ class RoomQuery(Resource):
         limit = _query_int(request, b"limit", DEFAULT_PAGE, 1, MAX_PAGE)
         if limit is None:
             return json_error(request, 400, "INVALID_LIMIT", f"limit must be 1 to {MAX_PAGE}")
-        valid, after = _after(request)
-        if not valid:
-            return json_error(request, 400, "INVALID_CURSOR", "invalid cursor")
+        after = None
+        raw = request.args.get(b"cursor")
+        if raw:
+            after = _cursor(raw[0]) if len(raw) == 1 else None
+            if after is None:
+                return json_error(request, 400, "INVALID_CURSOR", "invalid cursor")
 
         def answer(page: RoomPage) -> None:
             body = {
                 "room": room,
                 "count": page.count,
                 "members": {u: member_json(m) for u, m in page.members.items()},
-                "next": _next(page.next),
+                "next": None
+                if page.next is None
+                else base64.urlsafe_b64encode(page.next.encode()).rstrip(b"=").decode(),
             }
             request.write(json_response(request, 200, body))
             request.finish()
@@ -354,11 +316,10 @@ def build_site(
     metrics_token: bytes | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-    online: OnlineDirectory | None = None,
 ) -> server.Site:
     """``require_api_token`` (auth on, or an api token given): /presence needs ``api_token``
     as a Bearer token (no token: always 401). ``metrics_token``: /metrics needs it too."""
-    presence: IResource = PresenceQuery(hub, online)
+    presence: IResource = PresenceQuery(hub)
     rooms: IResource = RoomQuery(hub)
     if require_api_token or api_token is not None:
         presence = BearerGuard(presence, api_token)
