@@ -14,9 +14,8 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 
-from .core import policy, webhooks, wire
+from .core import policy, wire
 from .core.model import (
-    OFFLINE,
     Change,
     Connection,
     Peer,
@@ -25,7 +24,7 @@ from .core.model import (
     TooManySubscriptions,
     UserView,
 )
-from .core.room_events import RoomJournal
+from .core.room_events import RoomJournal, room_events, user_events
 from .core.rooms import Member, RoomDiff, RoomRefused, Rooms, RoomState
 from .core.webhooks import Event
 
@@ -334,35 +333,3 @@ class LocalHub:
             for peer in change.watchers:
                 peer.send_shared(message)
             self.diffs_sent += len(change.watchers)
-
-
-def user_events(changes: Iterable[Change], now: float) -> list[Event]:
-    events = []
-    for change in changes:
-        if change.view.status == OFFLINE:
-            kind = webhooks.USER_OFFLINE
-        elif change.appeared:
-            kind = webhooks.USER_ONLINE
-        else:
-            kind = webhooks.USER_UPDATED
-        events.append(webhooks.user_event(kind, change.user_id, change.view, now))
-    return events
-
-
-def room_events(rooms: Rooms, now: float) -> list[Event]:
-    if not isinstance(rooms, RoomJournal) or not rooms.journal:
-        return []
-    events = []
-    for m in rooms.take():
-        if m.joined and m.count == 1:
-            events.append(webhooks.room_event(webhooks.ROOM_OCCUPIED, m.room, now))
-        kind = webhooks.ROOM_JOINED if m.joined else webhooks.ROOM_LEFT
-        member = m.member
-        events.append(
-            webhooks.member_event(
-                kind, m.room, m.user_id, member.status, member.metadata, member.connections, now
-            )
-        )
-        if not m.joined and m.count == 0:
-            events.append(webhooks.room_event(webhooks.ROOM_VACATED, m.room, now))
-    return events

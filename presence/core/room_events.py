@@ -1,5 +1,5 @@
-"""Rooms that also note whose membership began or ended: what the single-node hub turns
-into room.joined / room.left / room.occupied / room.vacated webhook events.
+"""The webhook events of the single-node hub: users' from the model's changes, rooms' from
+a ``RoomJournal``, rooms that also note whose membership began or ended.
 
 Pure, like ``rooms``. The diffs ``Rooms`` returns cannot say this (a room nobody else is
 in gets no diff, a batched room tells the net change late, a room past the list limit only
@@ -10,12 +10,14 @@ out, exactly as the other members see it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Connection
+from . import webhooks
+from .model import OFFLINE, Change, Connection
 from .rooms import Member, RoomDiff, Rooms, RoomState, _Room
+from .webhooks import Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +66,35 @@ class RoomJournal(Rooms):
             else:
                 member = Member(told.status, told.metadata, 0)
             self.journal.append(Membership(name, user_id, False, member, len(room.users)))
+
+
+def user_events(changes: Iterable[Change], now: float) -> list[Event]:
+    events = []
+    for change in changes:
+        if change.view.status == OFFLINE:
+            kind = webhooks.USER_OFFLINE
+        elif change.appeared:
+            kind = webhooks.USER_ONLINE
+        else:
+            kind = webhooks.USER_UPDATED
+        events.append(webhooks.user_event(kind, change.user_id, change.view, now))
+    return events
+
+
+def room_events(rooms: Rooms, now: float) -> list[Event]:
+    if not isinstance(rooms, RoomJournal) or not rooms.journal:
+        return []
+    events = []
+    for m in rooms.take():
+        if m.joined and m.count == 1:
+            events.append(webhooks.room_event(webhooks.ROOM_OCCUPIED, m.room, now))
+        kind = webhooks.ROOM_JOINED if m.joined else webhooks.ROOM_LEFT
+        member = m.member
+        events.append(
+            webhooks.member_event(
+                kind, m.room, m.user_id, member.status, member.metadata, member.connections, now
+            )
+        )
+        if not m.joined and m.count == 0:
+            events.append(webhooks.room_event(webhooks.ROOM_VACATED, m.room, now))
+    return events
