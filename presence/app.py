@@ -14,6 +14,7 @@ from .cluster.hub import ClusterHub, build_cluster_hub
 from .cluster.metrics import ClusterMetrics
 from .config import Config
 from .core.model import PresenceModel
+from .core.room_events import RoomJournal
 from .core.rooms import Rooms
 from .hub import LocalHub
 from .server.dashboard import DashboardPage
@@ -31,6 +32,9 @@ from .server.services import (
 from .server.stats import StatsPage
 from .server.tls import TLSReloadService
 from .server.web import build_site
+from .server.webhook_http import TreqPoster, WebhookService
+from .server.webhook_metrics import WebhookMetrics
+from .server.webhooks import MemoryQueue, WebhookDelivery
 
 log = Logger()
 
@@ -45,6 +49,16 @@ class Daemon(MultiService):
         self.model = PresenceModel(config.offline_grace, config.max_subscriptions)
         self.metrics = Metrics()
         self.metrics.max_connections = config.max_connections
+        self.webhook_metrics = WebhookMetrics(self.metrics.registry)  # zeros without webhooks
+        self.webhooks: WebhookDelivery | None = None
+        sink: MemoryQueue | None = None
+        if config.webhooks is not None:
+            poster = TreqPoster(reactor, config.webhooks.concurrency)
+            self.webhooks = WebhookDelivery(config.webhooks, reactor, poster, self.webhook_metrics)
+            if config.cluster is None:
+                sink = MemoryQueue(self.webhooks)  # with --redis: the cluster's stream feeds it
+            # Added first, so it stops last, after the clients left.
+            WebhookService(self.webhooks, poster, sink).setServiceParent(self)
         self.hub: LocalHub | ClusterHub
         if config.cluster is not None:
             self.hub = build_cluster_hub(
@@ -59,7 +73,10 @@ class Daemon(MultiService):
             self.hub.setServiceParent(self)
         else:
             self.hub = LocalHub(
-                self.model, config.max_connections_per_user, rooms(config, self.model)
+                self.model,
+                config.max_connections_per_user,
+                rooms(config, self.model, journal=sink is not None),
+                sink,
             )
         hub = self.hub
         self.metrics.watch(hub.figures, lambda: hub.diffs_sent, hub.users_present, hub.room_figures)
@@ -108,8 +125,9 @@ class Daemon(MultiService):
         super().setServiceParent(parent)
 
 
-def rooms(config: Config, model: PresenceModel) -> Rooms:
-    return Rooms(
+def rooms(config: Config, model: PresenceModel, journal: bool = False) -> Rooms:
+    """The node's rooms; a RoomJournal (noting memberships) when webhooks need room events."""
+    return (RoomJournal if journal else Rooms)(
         lambda user_id: model.view(user_id).status,
         offline_grace=config.offline_grace,
         max_rooms_per_connection=config.max_rooms_per_connection,

@@ -9,6 +9,7 @@ from typing import Any
 
 from .cluster.options import ClusterConfig
 from .core.auth import JwtVerifier
+from .core.webhooks import WebhookConfig
 
 DEFAULT_PORT = "tcp:3000"
 
@@ -52,6 +53,7 @@ class Config:
     cluster: ClusterConfig | None = None  # --redis
     dashboard: bool = False  # --dashboard: GET /dashboard serves the page
     log_format: str = "text"  # or "json" (server/logs.py)
+    webhooks: WebhookConfig | None = None  # --webhook-url
 
     @property
     def require_api_token(self) -> bool:

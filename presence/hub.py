@@ -9,7 +9,7 @@ node), the others return at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -24,7 +24,16 @@ from .core.model import (
     TooManySubscriptions,
     UserView,
 )
+from .core.room_events import RoomJournal, room_events, user_events
 from .core.rooms import Member, RoomDiff, RoomRefused, Rooms, RoomState
+from .core.webhooks import Event
+
+
+class EventSink(Protocol):
+    """Where the webhook events a hub decided go (a memory queue, a Redis Stream)."""
+
+    def emit(self, events: Sequence[Event]) -> None:
+        """These events, in the order they happened."""
 
 
 class Figures(Protocol):
@@ -233,12 +242,15 @@ class LocalHub:
         model: PresenceModel,
         max_connections_per_user: int = 0,
         rooms: Rooms | None = None,
+        sink: EventSink | None = None,
     ) -> None:
         self._model = model
         self.max_connections_per_user = max_connections_per_user
-        self._rooms = rooms or Rooms(
+        # With a sink, room events need the rooms to note memberships (a RoomJournal).
+        self._rooms = rooms or (RoomJournal if sink else Rooms)(
             lambda user_id: model.view(user_id).status, model.offline_grace
         )
+        self._sink = sink
         self.diffs_sent = 0
         self._present = paging.SortedIds()  # /presence/online's order
 
@@ -279,6 +291,7 @@ class LocalHub:
             raise refused(e) from None
         conn.peer.send(room_state_message(state, now))
         deliver_rooms(diffs, now)
+        self.emit([], now)
 
     def room_update(
         self, conn: Connection, room: str, metadata: Mapping[str, Any], now: float
@@ -291,6 +304,7 @@ class LocalHub:
 
     def leave(self, conn: Connection, room: str, now: float) -> None:
         deliver_rooms(self._rooms.leave(conn, room, now), now)
+        self.emit([], now)
 
     def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
         return defer.succeed(page_of(self._rooms.members(room), limit, after))
@@ -331,7 +345,18 @@ class LocalHub:
     def ready(self) -> defer.Deferred[None]:
         return defer.succeed(None)
 
+    def emit(self, changes: list[Change], now: float) -> None:
+        """Tell the sink what happened: memberships first (a close ends them before the
+        user's presence), then the users' visible changes."""
+        if self._sink is None:
+            return
+        events = room_events(self._rooms, now)
+        events.extend(user_events(changes, now))
+        if events:
+            self._sink.emit(events)
+
     def deliver(self, changes: list[Change], now: float) -> None:
+        self.emit(changes, now)
         for change in changes:
             deliver_rooms(self._rooms.user_changed(change.user_id, now), now)
             if not change.watchers:

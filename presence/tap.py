@@ -20,6 +20,7 @@ from .core.ratelimit import parse_rate
 from .options import choice, coerced, nonempty, number, readable_file
 from .server.logs import LOG_OPTIONS, observer_for
 from .server.tls import ReloadableTLS, TLSConfigError, parse_ssl_port
+from .webhook_options import WEBHOOK_OPTIONS, WebhookURLOption, webhook_config
 
 FD_RESERVE = 64  # file descriptors kept for listening sockets, logs, Redis, ...
 MIN_TOKEN_BYTES = 16
@@ -279,10 +280,11 @@ PARAMETERS: list[Sequence[Any]] = [
     ],
     *CLUSTER_OPTIONS,
     *LOG_OPTIONS,
+    *WEBHOOK_OPTIONS,
 ]
 
 
-class Options(usage.Options):
+class Options(WebhookURLOption, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A WebSocket presence daemon: ws://HOST:PORT/?userId=ID, GET /health, GET /metrics, "
@@ -376,6 +378,7 @@ class Options(usage.Options):
             cluster=cluster_config(self),
             dashboard=bool(self["dashboard"]),
             log_format=self["log-format"],
+            webhooks=webhook_config(self),
         )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
