@@ -9,6 +9,7 @@ from typing import Any
 
 from .cluster.options import ClusterConfig
 from .core.auth import JwtVerifier
+from .core.webhooks import WebhookConfig
 
 DEFAULT_PORT = "tcp:3000"
 
@@ -50,6 +51,7 @@ class Config:
     room_batch_interval: float = 1.0
     room_list_limit: int = 1000
     cluster: ClusterConfig | None = None  # --redis
+    webhooks: WebhookConfig | None = None  # --webhook-url
 
     @property
     def require_api_token(self) -> bool:

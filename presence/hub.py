@@ -9,13 +9,14 @@ node), the others return at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from twisted.internet import defer
 
-from .core import policy, wire
+from .core import policy, webhooks, wire
 from .core.model import (
+    OFFLINE,
     Change,
     Connection,
     Peer,
@@ -24,7 +25,16 @@ from .core.model import (
     TooManySubscriptions,
     UserView,
 )
+from .core.room_events import RoomJournal
 from .core.rooms import Member, RoomDiff, RoomRefused, Rooms, RoomState
+from .core.webhooks import Event
+
+
+class EventSink(Protocol):
+    """Where the webhook events a hub decided go (a memory queue, a Redis Stream)."""
+
+    def emit(self, events: Sequence[Event]) -> None:
+        """These events, in the order they happened."""
 
 
 class Figures(Protocol):
@@ -212,12 +222,15 @@ class LocalHub:
         model: PresenceModel,
         max_connections_per_user: int = 0,
         rooms: Rooms | None = None,
+        sink: EventSink | None = None,
     ) -> None:
         self._model = model
         self.max_connections_per_user = max_connections_per_user
-        self._rooms = rooms or Rooms(
+        # With a sink, room events need the rooms to note memberships (a RoomJournal).
+        self._rooms = rooms or (RoomJournal if sink else Rooms)(
             lambda user_id: model.view(user_id).status, model.offline_grace
         )
+        self._sink = sink
         self.diffs_sent = 0
 
     @property
@@ -257,6 +270,7 @@ class LocalHub:
             raise refused(e) from None
         conn.peer.send(room_state_message(state, now))
         deliver_rooms(diffs, now)
+        self.emit([], now)
 
     def room_update(
         self, conn: Connection, room: str, metadata: Mapping[str, Any], now: float
@@ -269,6 +283,7 @@ class LocalHub:
 
     def leave(self, conn: Connection, room: str, now: float) -> None:
         deliver_rooms(self._rooms.leave(conn, room, now), now)
+        self.emit([], now)
 
     def room_page(self, room: str, limit: int, after: str | None) -> defer.Deferred[RoomPage]:
         return defer.succeed(page_of(self._rooms.members(room), limit, after))
@@ -299,7 +314,18 @@ class LocalHub:
     def health_problem(self) -> str | None:
         return None
 
+    def emit(self, changes: list[Change], now: float) -> None:
+        """Tell the sink what happened: memberships first (a close ends them before the
+        user's presence), then the users' visible changes."""
+        if self._sink is None:
+            return
+        events = room_events(self._rooms, now)
+        events.extend(user_events(changes, now))
+        if events:
+            self._sink.emit(events)
+
     def deliver(self, changes: list[Change], now: float) -> None:
+        self.emit(changes, now)
         for change in changes:
             deliver_rooms(self._rooms.user_changed(change.user_id, now), now)
             if not change.watchers:
@@ -308,3 +334,35 @@ class LocalHub:
             for peer in change.watchers:
                 peer.send_shared(message)
             self.diffs_sent += len(change.watchers)
+
+
+def user_events(changes: Iterable[Change], now: float) -> list[Event]:
+    events = []
+    for change in changes:
+        if change.view.status == OFFLINE:
+            kind = webhooks.USER_OFFLINE
+        elif change.appeared:
+            kind = webhooks.USER_ONLINE
+        else:
+            kind = webhooks.USER_UPDATED
+        events.append(webhooks.user_event(kind, change.user_id, change.view, now))
+    return events
+
+
+def room_events(rooms: Rooms, now: float) -> list[Event]:
+    if not isinstance(rooms, RoomJournal) or not rooms.journal:
+        return []
+    events = []
+    for m in rooms.take():
+        if m.joined and m.count == 1:
+            events.append(webhooks.room_event(webhooks.ROOM_OCCUPIED, m.room, now))
+        kind = webhooks.ROOM_JOINED if m.joined else webhooks.ROOM_LEFT
+        member = m.member
+        events.append(
+            webhooks.member_event(
+                kind, m.room, m.user_id, member.status, member.metadata, member.connections, now
+            )
+        )
+        if not m.joined and m.count == 0:
+            events.append(webhooks.room_event(webhooks.ROOM_VACATED, m.room, now))
+    return events

@@ -19,6 +19,7 @@ from .core.origins import parse_origins
 from .core.ratelimit import parse_rate
 from .options import choice, coerced, nonempty, number, readable_file
 from .server.tls import ReloadableTLS, TLSConfigError, parse_ssl_port
+from .webhook_options import WEBHOOK_OPTIONS, WebhookURLOption, webhook_config
 
 FD_RESERVE = 64  # file descriptors kept for listening sockets, logs, Redis, ...
 MIN_TOKEN_BYTES = 16
@@ -277,10 +278,11 @@ PARAMETERS: list[Sequence[Any]] = [
         number(int, 1, "--room-list-limit"),
     ],
     *CLUSTER_OPTIONS,
+    *WEBHOOK_OPTIONS,
 ]
 
 
-class Options(usage.Options):
+class Options(WebhookURLOption, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A WebSocket presence daemon: ws://HOST:PORT/?userId=ID, GET /health, GET /metrics, "
@@ -371,6 +373,7 @@ class Options(usage.Options):
             room_batch_interval=self["room-batch-interval"],
             room_list_limit=self["room-list-limit"],
             cluster=cluster_config(self),
+            webhooks=webhook_config(self),
         )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:

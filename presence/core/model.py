@@ -91,6 +91,7 @@ class Change:
     user_id: str
     view: UserView
     watchers: tuple[Peer, ...]
+    appeared: bool = False  # the user was offline before this change: present now
 
 
 @dataclass(slots=True)
@@ -281,7 +282,8 @@ class PresenceModel:
             return []
         if view.status != previous.status:
             self.stats.transitions[view.status] += 1
-        return [Change(user_id, view, self.watchers(user_id))]
+        appeared = previous.status == OFFLINE
+        return [Change(user_id, view, self.watchers(user_id), appeared)]
 
     def _end(self, user_id: str, user: _User, ended_at: float) -> list[Change]:
         del self._users[user_id]
