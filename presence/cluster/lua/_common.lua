@@ -45,6 +45,7 @@ local function go_offline(uid, at, ttl)
   redis.call('EXPIRE', ukey, ttl)
   local v = redis.call('HINCRBY', ukey, 'v', 1)
   publish(uid, v, 'offline', 0, at, '{}')
+  wh_user('user.offline', uid, at, 'offline', '{}', at, 0)
   rooms_user_changed(uid, 'offline')
   return v
 end
@@ -82,6 +83,7 @@ local function settle(uid, now, ttl, ending)
   redis.call('SADD', P .. 'present', uid)
   if st == ost and md == omd and ols == '' then return 0 end
   publish(uid, redis.call('HINCRBY', ukey, 'v', 1), st, lc, '', md)
+  wh_user(ost == 'offline' and 'user.online' or 'user.updated', uid, stamp(now), st, md, '', lc)
   rooms_user_changed(uid, st)
   return 1
 end
