@@ -116,7 +116,7 @@ def test_offline_only_after_the_grace_and_none_on_a_reconnect_within_it(lua: Lua
     assert lua("expire", "159.000", TTL, 100) == 0
     assert lua.events() == []
     assert lua("expire", "160.000", TTL, 100) == 1
-    [(kind, _, data, ts)] = lua.events()
+    [(kind, _, data, _)] = lua.events()
     assert kind == "user.offline"
     assert data["lastSeen"] == "1970-01-01T00:02:10.000Z"  # when the last one dropped
     assert lua("expire", "200.000", TTL, 100) == 0  # claimed once
