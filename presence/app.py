@@ -13,6 +13,7 @@ from .cluster.hub import ClusterHub, build_cluster_hub
 from .cluster.metrics import ClusterMetrics
 from .config import Config
 from .core.model import PresenceModel
+from .core.room_events import RoomJournal
 from .core.rooms import Rooms
 from .hub import LocalHub
 from .server.factory import PresenceFactory, ProtocolConfig
@@ -20,6 +21,9 @@ from .server.metrics import Metrics
 from .server.services import ListeningPort, Reaper, ShutdownService, reaper_interval
 from .server.tls import TLSReloadService
 from .server.web import build_site
+from .server.webhook_http import TreqPoster, WebhookService
+from .server.webhook_metrics import WebhookMetrics
+from .server.webhooks import MemoryQueue, WebhookDelivery
 
 log = Logger()
 
@@ -33,6 +37,16 @@ class Daemon(MultiService):
         self.clock = reactor
         self.model = PresenceModel(config.offline_grace, config.max_subscriptions)
         self.metrics = Metrics()
+        self.webhook_metrics = WebhookMetrics(self.metrics.registry)  # zeros without webhooks
+        self.webhooks: WebhookDelivery | None = None
+        sink: MemoryQueue | None = None
+        if config.webhooks is not None:
+            poster = TreqPoster(reactor, config.webhooks.concurrency)
+            self.webhooks = WebhookDelivery(config.webhooks, reactor, poster, self.webhook_metrics)
+            if config.cluster is None:
+                sink = MemoryQueue(self.webhooks)  # with --redis: the cluster's stream feeds it
+            # Added first, so it stops last, after the clients left.
+            WebhookService(self.webhooks, poster, sink).setServiceParent(self)
         self.hub: LocalHub | ClusterHub
         if config.cluster is not None:
             self.hub = build_cluster_hub(
@@ -47,7 +61,10 @@ class Daemon(MultiService):
             self.hub.setServiceParent(self)
         else:
             self.hub = LocalHub(
-                self.model, config.max_connections_per_user, rooms(config, self.model)
+                self.model,
+                config.max_connections_per_user,
+                rooms(config, self.model, journal=sink is not None),
+                sink,
             )
         hub = self.hub
         self.metrics.watch(hub.figures, lambda: hub.diffs_sent, hub.users_present, hub.room_figures)
@@ -81,8 +98,9 @@ class Daemon(MultiService):
         TLSReloadService(tls, reactor).setServiceParent(self)
 
 
-def rooms(config: Config, model: PresenceModel) -> Rooms:
-    return Rooms(
+def rooms(config: Config, model: PresenceModel, journal: bool = False) -> Rooms:
+    """The node's rooms; a RoomJournal (noting memberships) when webhooks need room events."""
+    return (RoomJournal if journal else Rooms)(
         lambda user_id: model.view(user_id).status,
         offline_grace=config.offline_grace,
         max_rooms_per_connection=config.max_rooms_per_connection,
