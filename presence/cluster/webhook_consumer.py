@@ -246,3 +246,17 @@ class StreamConsumer(Service):
         if isinstance(result, Failure):
             log.warn("webhook {id} failed: {error}", id=key[1], error=result.getErrorMessage())
         self._acks.append(key)
+
+
+def stream_consumer(
+    link: RedisLink,
+    node_name: str,
+    node_timeout: float,
+    delivery: Delivery,
+    clock: IReactorTime,
+    count_dropped: Callable[[int], None],
+) -> StreamConsumer:
+    """The node's consumer, named as the node (stable across restarts, unlike its
+    incarnation), so a restarted node finds its own pending entries."""
+    stream = WebhookStream(link, node_name)
+    return StreamConsumer(link, stream, delivery, clock, node_timeout, count_dropped)
