@@ -255,3 +255,18 @@ def test_dropped_by_the_cap_is_counted_by_one_node(world: World) -> None:
     world.flap("u", 2)  # 4 events, 2 kept
     world.run(1.5)
     assert sum(a.dropped) + sum(b.dropped) == 2
+
+
+def test_redis_losing_its_data_loses_the_events_but_the_node_goes_on(world: World) -> None:
+    a = world.node("a")
+    world.run(0.3)
+    world.flap("u", 1)
+    world.run(0.3)
+    world.r.call("FLUSHALL")
+    world.r.call("HSET", "presence:nodes", "a", "1")
+    a.delivery.deliver_all()  # their acknowledgements find nothing: no harm
+    world.run(1.1)
+    assert len(world.leases()) == SHARDS
+    world.flap("v", 1)
+    world.run(0.3)
+    assert kinds([e for e, _ in a.delivery.got], "u:v") == ["user.online", "user.offline"]

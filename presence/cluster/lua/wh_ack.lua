@@ -6,7 +6,8 @@
 local group = ARGV[1]
 for i = 3, #ARGV, 2 do
   local key = WHP .. ARGV[i]
-  if redis.call('XACK', key, group, ARGV[i + 1]) == 1
+  local ok, acked = pcall(redis.call, 'XACK', key, group, ARGV[i + 1])  -- no group: lost
+  if ok and acked == 1
       and redis.call('XDEL', key, ARGV[i + 1]) == 0 and ARGV[2] == '1' then
     redis.call('DECR', WHP .. 'dropped')
   end
