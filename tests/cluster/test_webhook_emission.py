@@ -116,8 +116,8 @@ def test_offline_only_after_the_grace_and_none_on_a_reconnect_within_it(lua: Lua
     assert lua("expire", "159.000", TTL, 100) == 0
     assert lua.events() == []
     assert lua("expire", "160.000", TTL, 100) == 1
-    [(kind, _, data, _)] = lua.events()
-    assert kind == "user.offline"
+    [(kind, _, data, ts)] = lua.events()
+    assert (kind, ts) == ("user.offline", 160.0)  # decided at the expiry
     assert data["lastSeen"] == "1970-01-01T00:02:10.000Z"  # when the last one dropped
     assert lua("expire", "200.000", TTL, 100) == 0  # claimed once
     assert lua.events() == []
@@ -133,7 +133,12 @@ def test_a_dead_nodes_users_go_offline_once_after_the_grace(lua: Lua) -> None:
     assert lua("sweep", "C", "105.000", TTL, 30, "")[1] == 0  # ended once
     assert lua.events() == []  # in the grace
     assert lua("expire", "131.000", TTL, 100) == 2
-    assert sorted(lua.kinds()) == [("user.offline", "u:u"), ("user.offline", "u:v")]
+    events = lua.events()
+    assert sorted((t, k) for t, k, _, _ in events) == [
+        ("user.offline", "u:u"),
+        ("user.offline", "u:v"),
+    ]
+    assert {(d["lastSeen"], ts) for _, _, d, ts in events} == {("1970-01-01T00:01:40.000Z", 131.0)}
 
 
 def test_room_events_occupied_joined_left_vacated(lua: Lua) -> None:
@@ -158,6 +163,25 @@ def test_room_events_occupied_joined_left_vacated(lua: Lua) -> None:
     assert data["member"] == {"status": "online", "metadata": {"r": 1}, "connections": 0}
     lua.leave("c2", "v", "room", 104)
     assert sorted(lua.kinds()) == [("room.left", "u:v"), ("room.vacated", "r:room")]
+
+
+def test_a_dropped_membership_leaves_after_the_grace_decided_then(lua: Lua) -> None:
+    lua.open("A", "c1", "u", 100)
+    lua.join("c1", "u", "room", 101)
+    lua.events()
+    lua("room_close", "A", "c1", "u", "110.000", 0, 30, TTL, "room")
+    lua.close("A", "c1", "u", 110, False, 30)
+    assert lua.events() == []  # in the grace: still a member, still present
+    assert lua("room_expire", "140.000", TTL, 100)[0] == 1
+    assert lua("expire", "140.000", TTL, 100) == 1
+    got = [(t, k, ts) for t, k, _, ts in lua.events()]
+    assert sorted(got) == [
+        ("room.left", "u:u", 140.0),
+        ("room.vacated", "r:room", 140.0),
+        ("user.offline", "u:u", 140.0),
+    ]
+    shard_order = [t for t, k, _ in got if k == "u:u"]
+    assert shard_order == ["room.left", "user.offline"]  # as the hub runs them
 
 
 def test_a_users_events_are_in_one_stream_in_order(lua: Lua) -> None:

@@ -54,6 +54,7 @@ end
 -- ending: nil, or {at = 'time string', clean = bool, grace = seconds} when a connection ended.
 -- Publishes (and bumps the version) only when what a watcher sees changed. Returns 1 if so.
 local function settle(uid, now, ttl, ending)
+  wh_decided(now)
   local ukey = P .. 'u:' .. uid
   local recs = redis.call('HVALS', P .. 'uc:' .. uid)
   local old = redis.call('HMGET', ukey, 'st', 'md', 'ls', 'g')

@@ -17,6 +17,13 @@
 local WH_SHARDS = 16
 local WHP = 'presence:wh:'
 local wh_lens = nil -- the streams' lengths, read once per script run
+local wh_now = nil -- when the script decides (wh_decided); else an event's own time
+
+-- An event's timestamp is when it was decided (a grace expiry, a dead node's clean-up),
+-- not when the user left: that is their lastSeen.
+local function wh_decided(now)
+  wh_now = now
+end
 
 local function wh_shard(key)
   return tonumber(string.sub(redis.sha1hex(key), 1, 4), 16) % WH_SHARDS
@@ -47,6 +54,7 @@ local function wh_emit(typ, key, ts, ...)
     wh_lens.total = wh_lens.total + 1
   end
   wh_lens[shard] = wh_lens[shard] + 1
+  if wh_now then ts = string.format('%.3f', wh_now) end
   redis.call('XADD', WHP .. shard, '*', 't', typ, 'k', key, 'ts', ts, ...)
 end
 

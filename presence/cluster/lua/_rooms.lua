@@ -76,6 +76,7 @@ end
 -- A joined membership ends at `at` (a time string): at once when clean or past the grace,
 -- else it lingers until its deadline. Returns the version published, or 0.
 local function room_end(room, uid, conn, at, clean, grace, now, ttl)
+  wh_decided(now)
   local key = RP .. 'rmc:' .. room .. '\n' .. uid
   local rec = redis.call('HGET', key, conn)
   if not rec then return 0 end
