@@ -15,7 +15,7 @@ the cluster.
 
 The cap. The streams together hold at most ``--webhook-retain`` events: a delivered event
 is acknowledged and deleted at once, so what they hold is exactly the backlog, and past
-the cap the oldest event of the longest stream makes room and is counted as dropped.
+the cap the oldest event makes room and is counted as dropped.
 """
 
 from __future__ import annotations

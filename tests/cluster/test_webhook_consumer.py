@@ -270,3 +270,39 @@ def test_redis_losing_its_data_loses_the_events_but_the_node_goes_on(world: Worl
     world.flap("v", 1)
     world.run(0.3)
     assert kinds([e for e, _ in a.delivery.got], "u:v") == ["user.online", "user.offline"]
+
+
+def test_an_event_trimmed_while_being_sent_counts_as_its_delivery_ends(world: World) -> None:
+    world.prelude = prelude(EVENT_TYPES, 2)
+    a = world.node("a")
+    world.run(0.3)
+    world.flap("u", 1)
+    world.run(0.3)
+    sending = a.delivery.ids()
+    assert len(sending) == 2
+    world.flap("v", 1)  # the cap pushes out u's two, which a is sending
+    assert int(world.r.call("GET", "presence:wh:dropped")) == 2
+    assert a.delivery.deliver_all()[:2] == sending  # they went out after all
+    world.run(1.5)
+    assert sum(a.dropped) == 0  # so they are not counted as dropped
+    assert kinds([e for e, _ in a.delivery.got], "u:v") == ["user.online", "user.offline"]
+
+
+def test_pending_events_trimmed_before_a_restart_are_skipped(world: World) -> None:
+    world.prelude = prelude(EVENT_TYPES, 2)
+    a = world.node("a")
+    world.run(0.3)
+    world.flap("u", 1)
+    world.run(0.3)
+    old = a.delivery.ids()
+    a.consumer._loop.stop()  # dies with u's two pending
+    world.flap("v", 1)  # and the cap drops them
+    a2 = world.node("a")
+    world.run(1.5)
+    assert not set(old) & set(a2.delivery.ids())  # gone: counted as dropped, not sent
+    assert kinds([e for e, _ in a2.delivery.got], "u:v") == ["user.online", "user.offline"]
+    assert sum(a.dropped) + sum(a2.dropped) == 2
+    pending = world.r.call(
+        "XPENDING", f"presence:wh:{a2.delivery.got[0][0].id.split('_')[1]}", "webhooks"
+    )
+    assert pending[0] == 2  # only v's, in flight

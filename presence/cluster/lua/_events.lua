@@ -29,8 +29,8 @@ local function wh_shard(key)
   return tonumber(string.sub(redis.sha1hex(key), 1, 4), 16) % WH_SHARDS
 end
 
--- One event. With WH_RETAIN undelivered events held already, the oldest of the longest
--- stream is dropped for it and counted (a dropped one that was being sent still goes out:
+-- One event. With WH_RETAIN undelivered events held already, the oldest one (the smallest
+-- entry id of all streams) is dropped for it and counted (a dropped one that was being sent still goes out:
 -- its acknowledgement takes it off the count again, wh_ack.lua).
 local function wh_emit(typ, key, ts, ...)
   if not WH_TYPES[typ] then return end
@@ -43,9 +43,17 @@ local function wh_emit(typ, key, ts, ...)
   end
   local shard = wh_shard(key)
   if wh_lens.total >= WH_RETAIN then
-    local victim = 0
-    for s = 1, WH_SHARDS - 1 do
-      if wh_lens[s] > wh_lens[victim] then victim = s end
+    local victim, oldest = nil, nil
+    for s = 0, WH_SHARDS - 1 do
+      if wh_lens[s] > 0 then
+        local first = redis.call('XRANGE', WHP .. s, '-', '+', 'COUNT', 1)[1][1]
+        local dash = string.find(first, '-', 1, true)
+        local at = {tonumber(string.sub(first, 1, dash - 1)),
+          tonumber(string.sub(first, dash + 1))}
+        if not oldest or at[1] < oldest[1] or (at[1] == oldest[1] and at[2] < oldest[2]) then
+          victim, oldest = s, at
+        end
+      end
     end
     wh_lens[victim] = wh_lens[victim] - 1
     redis.call('XTRIM', WHP .. victim, 'MAXLEN', wh_lens[victim])
