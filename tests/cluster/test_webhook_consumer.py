@@ -15,6 +15,7 @@ from presence.cluster.store import load_script
 from presence.cluster.webhook_consumer import StreamConsumer
 from presence.cluster.webhook_stream import SHARDS, WebhookStream, prelude
 from presence.core.webhooks import EVENT_TYPES, Event
+from tests.cluster.test_webhook_emission import next_millisecond
 from tests.support.redis_fixture import RedisServer, Resp, needs_redis
 
 pytestmark = needs_redis
@@ -280,6 +281,7 @@ def test_an_event_trimmed_while_being_sent_counts_as_its_delivery_ends(world: Wo
     world.run(0.3)
     sending = a.delivery.ids()
     assert len(sending) == 2
+    next_millisecond(world.r)  # v's entry ids are younger than u's in every stream
     world.flap("v", 1)  # the cap pushes out u's two, which a is sending
     assert int(world.r.call("GET", "presence:wh:dropped")) == 2
     assert a.delivery.deliver_all()[:2] == sending  # they went out after all
@@ -296,6 +298,7 @@ def test_pending_events_trimmed_before_a_restart_are_skipped(world: World) -> No
     world.run(0.3)
     old = a.delivery.ids()
     a.consumer._loop.stop()  # dies with u's two pending
+    next_millisecond(world.r)  # v's entry ids are younger than u's in every stream
     world.flap("v", 1)  # and the cap drops them
     a2 = world.node("a")
     world.run(1.5)
