@@ -214,14 +214,19 @@ def test_a_killed_nodes_pending_events_are_delivered_by_a_survivor_once_in_order
     )
 
 
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["crash", "stop"])
 def test_a_restarted_daemon_loses_nothing(
-    start_daemon: Start, redis_server: RedisServer, receiver: Receiver, secret_file: Path
+    start_daemon: Start,
+    redis_server: RedisServer,
+    receiver: Receiver,
+    secret_file: Path,
+    how: signal.Signals,
 ) -> None:
     a = node(start_daemon, redis_server, "a", receiver, secret_file)
     users = [f"r{i}" for i in range(5)]
     asyncio.run(come_and_go(a, users, 1))
     wait_until(lambda: receiver.attempts >= 1, "a tried")
-    a.signal(signal.SIGKILL)  # a crash, then a restart under its name
+    a.signal(how)  # a crash or a stop, then a restart under its name
     a.wait()
     receiver.recover_once_quiet()
     node(start_daemon, redis_server, "a", receiver, secret_file)
