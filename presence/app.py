@@ -12,6 +12,8 @@ from twisted.python.components import Componentized
 
 from .cluster.hub import ClusterHub, build_cluster_hub
 from .cluster.metrics import ClusterMetrics
+from .cluster.options import ClusterConfig
+from .cluster.webhook_consumer import stream_consumer
 from .config import Config
 from .core.model import PresenceModel
 from .core.room_events import RoomJournal
@@ -68,9 +70,12 @@ class Daemon(MultiService):
                 ClusterMetrics(self.metrics.registry),
                 config.max_connections_per_user,
                 rooms(config, self.model),
+                config.webhooks,
             )
             # On stop it removes this node's connections from Redis, after the clients left.
             self.hub.setServiceParent(self)
+            if self.webhooks is not None:
+                self._consume(self.hub, self.webhooks, config.cluster)
         else:
             self.hub = LocalHub(
                 self.model,
@@ -123,6 +128,22 @@ class Daemon(MultiService):
         if self.log_observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.log_observer)
         super().setServiceParent(parent)
+
+    def _consume(self, hub: ClusterHub, delivery: WebhookDelivery, cluster: ClusterConfig) -> None:
+        """The cluster's webhook streams feed the delivery; stopped before the hub leaves.
+        presence_webhook_pending is the cluster's backlog (the streams' length)."""
+        endpoints = len(delivery.config.urls)
+        metrics = self.webhook_metrics
+        consumer = stream_consumer(
+            hub.link,
+            cluster.node_name,
+            cluster.node_timeout,
+            delivery,
+            self.clock,
+            lambda n: metrics.count("dropped", n * endpoints),  # per endpoint, as delivery's
+        )
+        metrics.pending.set_function(lambda: consumer.backlog)
+        consumer.setServiceParent(self)
 
 
 def rooms(config: Config, model: PresenceModel, journal: bool = False) -> Rooms:

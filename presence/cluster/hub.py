@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from ..core.model import Change, Connection, Peer, PresenceModel, UserView
 from ..core.rooms import Rooms
+from ..core.webhooks import WebhookConfig
 from ..hub import Figures, OnlinePage, RoomFigures, RoomPage
 from .link import RedisLink, RedisUnavailable
 from .metrics import ClusterMetrics, Errors
@@ -38,8 +39,9 @@ from .options import ClusterConfig
 from .registration import Registration
 from .room_store import RoomStore
 from .rooms import ClusterRooms
-from .store import Store
+from .store import NO_WEBHOOKS, Store
 from .watches import Watches
+from .webhook_stream import prelude
 from .writes import Writes
 
 __all__ = ["ClusterConfig", "ClusterHub", "build_cluster_hub"]
@@ -79,7 +81,9 @@ class ClusterHub(Service):
             max_connections_per_user,
         )
         local = rooms or Rooms(lambda user_id: model.view(user_id).status, model.offline_grace)
-        room_store = RoomStore(link, store.node, model.offline_grace, config.last_seen_ttl)
+        room_store = RoomStore(
+            link, store.node, model.offline_grace, config.last_seen_ttl, store.prelude
+        )
         self._rooms = ClusterRooms(local, link, room_store, clock, errors, model.all_connections)
         self._life = Registration(
             model,
@@ -256,8 +260,10 @@ def build_cluster_hub(
     metrics: ClusterMetrics | None = None,
     max_connections_per_user: int = 0,
     rooms: Rooms | None = None,
+    webhooks: WebhookConfig | None = None,
 ) -> ClusterHub:
-    """The hub on a real Redis link; each run of the node gets a fresh incarnation id."""
+    """The hub on a real Redis link; each run of the node gets a fresh incarnation id.
+    With ``webhooks`` its scripts add the enabled events to the streams (``webhook_stream``)."""
     node = f"{config.node_name}#{os.urandom(4).hex()}"
     link = RedisLink(
         config.redis,
@@ -265,5 +271,6 @@ def build_cluster_hub(
         reply_timeout=config.reply_timeout,
         max_backoff=config.max_backoff,
     )
-    store = Store(link, node, model.offline_grace, config.last_seen_ttl)
+    events = NO_WEBHOOKS if webhooks is None else prelude(webhooks.events, webhooks.retain)
+    store = Store(link, node, model.offline_grace, config.last_seen_ttl, events)
     return ClusterHub(model, config, reactor, link, store, metrics, max_connections_per_user, rooms)

@@ -72,14 +72,17 @@ def stamp(now: float) -> str:
     return f"{now:.3f}"
 
 
-def load_script(name: str) -> str:
+NO_WEBHOOKS = "local WH_TYPES, WH_RETAIN = {}, 0\n"  # the scripts add no events
+
+
+def load_script(name: str, prelude: str = NO_WEBHOOKS) -> str:
+    """``prelude``: the node's webhook settings (``webhook_stream.prelude``)."""
     package = resources.files("presence.cluster") / "lua"
     common = package.joinpath("_common.lua").read_text()
     rooms = package.joinpath("_rooms.lua").read_text()  # settle and reap call into it
     online = package.joinpath("_online.lua").read_text()  # settle and go_offline call it
-    return (
-        online + "\n" + rooms + "\n" + common + "\n" + package.joinpath(f"{name}.lua").read_text()
-    )
+    events = prelude + package.joinpath("_events.lua").read_text()  # both call into it
+    return "\n".join((online, events, rooms, common, package.joinpath(f"{name}.lua").read_text()))
 
 
 _SCRIPT_TEXT = {name: load_script(name) for name in SCRIPTS}
@@ -106,11 +109,21 @@ class Scripts:
 
     scripts: dict[str, str] = {}
 
-    def __init__(self, link: Evaluator, node: str, grace: float, last_seen_ttl: int) -> None:
+    def __init__(
+        self,
+        link: Evaluator,
+        node: str,
+        grace: float,
+        last_seen_ttl: int,
+        prelude: str = NO_WEBHOOKS,
+    ) -> None:
         self.link = link
         self.node = node
         self.grace = grace
         self.ttl = last_seen_ttl
+        self.prelude = prelude
+        if prelude != NO_WEBHOOKS:  # this node's scripts add webhook events
+            self.scripts = {name: load_script(name, prelude) for name in self.scripts}
 
     def _run(self, name: str, args: Sequence[Any]) -> defer.Deferred[Any]:
         return self.link.eval(self.scripts[name], args)

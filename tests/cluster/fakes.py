@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from presence.cluster.hub import ClusterHub
 from presence.cluster.link import RedisUnavailable
 from presence.cluster.options import ClusterConfig, RedisURL
-from presence.cluster.store import Sweep, channel
+from presence.cluster.store import NO_WEBHOOKS, Sweep, channel
 from presence.core import wire
 from presence.core.model import PresenceModel, UserView
 
@@ -143,6 +143,7 @@ class FakeStore:
     wait for the test (``pending(name)``). Snapshots answer from ``views``."""
 
     node = "n#test"
+    prelude = NO_WEBHOOKS
 
     def __init__(self) -> None:
         self.calls: list[Call] = []

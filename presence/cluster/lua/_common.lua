@@ -46,6 +46,7 @@ local function go_offline(uid, at, ttl)
   redis.call('EXPIRE', ukey, ttl)
   local v = redis.call('HINCRBY', ukey, 'v', 1)
   publish(uid, v, 'offline', 0, at, '{}')
+  wh_user('user.offline', uid, at, 'offline', '{}', at, 0)
   rooms_user_changed(uid, 'offline')
   return v
 end
@@ -54,6 +55,7 @@ end
 -- ending: nil, or {at = 'time string', clean = bool, grace = seconds} when a connection ended.
 -- Publishes (and bumps the version) only when what a watcher sees changed. Returns 1 if so.
 local function settle(uid, now, ttl, ending)
+  wh_decided(now)
   local ukey = P .. 'u:' .. uid
   local recs = redis.call('HVALS', P .. 'uc:' .. uid)
   local old = redis.call('HMGET', ukey, 'st', 'md', 'ls', 'g')
@@ -84,6 +86,7 @@ local function settle(uid, now, ttl, ending)
   online_add(uid)
   if st == ost and md == omd and ols == '' then return 0 end
   publish(uid, redis.call('HINCRBY', ukey, 'v', 1), st, lc, '', md)
+  wh_user(ost == 'offline' and 'user.online' or 'user.updated', uid, stamp(now), st, md, '', lc)
   rooms_user_changed(uid, st)
   return 1
 end

@@ -50,6 +50,7 @@ local function room_settle(room, uid, at, origin, ttl)
       redis.call('SREM', RP .. 'rooms', room)
       redis.call('EXPIRE', RP .. 'r:' .. room, ttl)
     end
+    wh_left(room, uid, at, old, redis.call('HLEN', rkey) == 0)
     return room_publish(room, origin, uid, 'l', 'offline', 0, at, '{}')
   end
   local lc, best, md = 0, 0, '{}'
@@ -68,12 +69,14 @@ local function room_settle(room, uid, at, origin, ttl)
   end
   redis.call('HSET', rkey, uid, new)
   local st = redis.call('HGET', RP .. 'u:' .. uid, 'st') or 'offline'
+  if not old then wh_joined(room, uid, at, st, lc, md, redis.call('HLEN', rkey) == 1) end
   return room_publish(room, origin, uid, 'm', st, lc, at, md)
 end
 
 -- A joined membership ends at `at` (a time string): at once when clean or past the grace,
 -- else it lingers until its deadline. Returns the version published, or 0.
 local function room_end(room, uid, conn, at, clean, grace, now, ttl)
+  wh_decided(now)
   local key = RP .. 'rmc:' .. room .. '\n' .. uid
   local rec = redis.call('HGET', key, conn)
   if not rec then return 0 end

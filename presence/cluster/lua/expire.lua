@@ -1,5 +1,6 @@
 -- Offline grace deadlines that passed: claim each (ZREM) and send the offline, exactly once.
 -- ARGV: now, ttl, limit. Returns how many users went offline.
+wh_decided(tonumber(ARGV[1]))
 local due = redis.call('ZRANGEBYSCORE', P .. 'grace', '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local n = 0
 for i = 1, #due do

@@ -5,6 +5,7 @@
 -- away, in the order they ended. Returns {n, 1 if Redis had no presence data (first start,
 -- or it lost its data)}.
 local node, now, ttl, grace = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+wh_decided(now)
 local nkey = P .. 'nc:' .. node
 local live, touched, endings = {}, {}, {}
 local n = tonumber(ARGV[6])

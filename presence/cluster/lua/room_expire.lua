@@ -1,5 +1,6 @@
 -- Lingering memberships whose grace ran out: claim each (ZREM) and end it, exactly once.
 -- ARGV: now, ttl, limit. Returns {how many ended, rooms with members, memberships}.
+wh_decided(tonumber(ARGV[1]))
 local due = redis.call('ZRANGEBYSCORE', RP .. 'rgrace', '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local n = 0
 for i = 1, #due do
