@@ -14,6 +14,7 @@ at once, on the injected clock, before the command's own Deferred fails.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from twisted.python.failure import Failure
 from .options import RedisURL
 
 log = Logger()
+_SHA: dict[str, str] = {}  # script text -> its SHA1, for EVALSHA
 
 
 class RedisUnavailable(Exception):
@@ -234,10 +236,22 @@ class RedisLink:
         return defer.fail(RedisUnavailable(self.problem or "redis is down"))
 
     def eval(self, script: str, args: Sequence[Any]) -> defer.Deferred[Any]:
+        """EVALSHA by the script's hash (computed once per script), and EVAL only when Redis
+        does not have it (a fresh or restarted Redis): a burst of commands after a connect
+        does not send the script's text with every one of them."""
         command = self.command
         if command is None:
             return self._down()
-        d = defer.maybeDeferred(command.eval, script, [], [str(a) for a in args])
+        sha = _SHA.get(script)
+        if sha is None:
+            sha = _SHA[script] = hashlib.sha1(script.encode()).hexdigest()
+        values = [str(a) for a in args]
+
+        def unknown(failure: Failure) -> Any:
+            failure.trap(txredisapi.ScriptDoesNotExist)
+            return command.eval(script, [], values)
+
+        d = defer.maybeDeferred(command.evalsha, sha, [], values).addErrback(unknown)
         return self._reply(d, "a script", self._generation)
 
     def subscribe(self, channels: Iterable[str]) -> defer.Deferred[Any]:
