@@ -53,6 +53,7 @@ class Config:
     cluster: ClusterConfig | None = None  # --redis
     dashboard: bool = False  # --dashboard: GET /dashboard serves the page
     log_format: str = "text"  # or "json" (server/logs.py)
+    log_level: str = "info"  # the least severe events logged (connections are debug)
     webhooks: WebhookConfig | None = None  # --webhook-url
 
     @property

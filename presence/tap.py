@@ -378,6 +378,7 @@ class Options(WebhookURLOption, usage.Options):
             cluster=cluster_config(self),
             dashboard=bool(self["dashboard"]),
             log_format=self["log-format"],
+            log_level=self["log-level"],
             webhooks=webhook_config(self),
         )
 
@@ -391,5 +392,7 @@ class Options(WebhookURLOption, usage.Options):
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     daemon = build(options.config, reactor)
-    daemon.log_observer = observer_for(options.config.log_format, getattr(options, "parent", None))
+    config = options.config
+    parent = getattr(options, "parent", None)
+    daemon.log_observer = observer_for(config.log_format, parent, config.log_level)
     return daemon

@@ -27,7 +27,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, cast
 
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, eventAsText
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsText,
+    textFileLogObserver,
+)
 from twisted.python import logfile
 
 from ..options import choice
@@ -40,6 +49,14 @@ LOG_OPTIONS: list[list[Any]] = [
         "text",
         "text (twistd's own), or json: one JSON object per log event and line.",
         choice("--log-format", "text", "json"),
+    ],
+    [
+        "log-level",
+        None,
+        "info",
+        "debug, info, warn or error: the least severe events written. A line per "
+        "connection opened and closed is debug.",
+        choice("--log-level", "debug", "info", "warn", "error"),
     ],
 ]
 FIXED = ("time", "level", "namespace", "text")
@@ -142,6 +159,18 @@ def twistd_log_file(server_options: Mapping[str, Any] | None) -> IO[str]:
     return cast(IO[str], logfile.LogFile.fromFullPath(name or "twistd.log"))
 
 
-def observer_for(log_format: str, server_options: Mapping[str, Any] | None) -> ILogObserver | None:
-    """The observer twistd should use for ``log_format``; None keeps twistd's own."""
-    return json_observer(twistd_log_file(server_options)) if log_format == "json" else None
+def observer_for(
+    log_format: str, server_options: Mapping[str, Any] | None, log_level: str = "info"
+) -> ILogObserver | None:
+    """The observer twistd should use for ``log_format`` and ``log_level``: twistd's own
+    text format, or JSON, written where twistd would write, without the events below the
+    level. None keeps twistd's own observer as it is (everything, to --syslog say)."""
+    options = server_options or {}
+    if log_format == "text" and (log_level == "debug" or options.get("syslog")):
+        return None
+    out = twistd_log_file(server_options)
+    base = json_observer(out) if log_format == "json" else textFileLogObserver(out)
+    if log_level == "debug":
+        return base
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(log_level))
+    return FilteringLogObserver(base, [predicate])

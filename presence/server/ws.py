@@ -95,7 +95,7 @@ class PresenceProtocol(AdmittingProtocol):
                 wire.iso(factory.clock.seconds()),
             )
         )
-        log.info(
+        log.debug(
             "connect {connection_id} user={user_id!r}", connection_id=conn.id, user_id=conn.user_id
         )
         for payload, binary in early:
@@ -271,7 +271,7 @@ class PresenceProtocol(AdmittingProtocol):
                 self.ended_early = (now, clean)
             return
         self.factory.hub.close(conn, now, clean)
-        log.info(
+        log.debug(
             "disconnect {connection_id} user={user_id!r} code={code} reason={reason!r}",
             connection_id=conn.id,
             user_id=conn.user_id,

@@ -60,9 +60,16 @@ def _module_daemon(factory: pytest.TempPathFactory, *args: str) -> Iterator[Daem
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """Defaults, except a heartbeat interval/timeout that no test here runs into."""
+    """Defaults, except a heartbeat interval/timeout that no test here runs into, and the
+    debug log level (a line per connection)."""
     yield from _module_daemon(
-        tmp_path_factory, "--heartbeat-interval", "1", "--heartbeat-timeout", "5"
+        tmp_path_factory,
+        "--heartbeat-interval",
+        "1",
+        "--heartbeat-timeout",
+        "5",
+        "--log-level",
+        "debug",
     )
 
 
@@ -820,6 +827,23 @@ def test_log_has_connects_and_disconnects_without_payloads(shared: Daemon) -> No
     assert repr(user_id) in connect_line and repr(user_id) in end_line
     assert "code=1000" in end_line
     assert secret not in log
+
+
+def test_at_the_default_log_level_a_connection_writes_no_line(strict: Daemon) -> None:
+    """A reconnect storm would write two lines per client: connections are debug events.
+    The close is proven handled (the gauge is back to 0) before the log is read."""
+
+    async def flow() -> str:
+        ws, connect = await connected(strict, "quiet-user")
+        await send_json(ws, {"type": "DISCONNECT"})
+        await server_close(ws)
+        return str(connect["connectionId"])
+
+    connection_id = run(flow)
+    wait_until(lambda: strict.metrics().get("ws_connections_current") == 0)
+    log = strict.log()
+    assert "presence serving on" in log
+    assert connection_id not in log and "quiet-user" not in log
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")

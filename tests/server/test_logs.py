@@ -196,19 +196,37 @@ def test_where_twistd_would_log(tmp_path: Any) -> None:
 
 
 def test_json_becomes_the_applications_log_observer_text_leaves_twistds() -> None:
-    """twistd's AppLogger uses the Application's ILogObserver component when it has one."""
-    for fmt in ("json", "text"):
+    """twistd's AppLogger uses the Application's ILogObserver component when it has one:
+    ours for json, and for text below the debug level (it leaves out debug events); text at
+    debug is twistd's own observer, untouched."""
+    for fmt, level, ours in [
+        ("json", "info", True),
+        ("json", "debug", True),
+        ("text", "info", True),
+        ("text", "debug", False),
+    ]:
         options = Options()
-        options.parseOptions(["--port", "tcp:0", "--log-format", fmt])
-        assert options.config.log_format == fmt
+        options.parseOptions(["--port", "tcp:0", "--log-format", fmt, "--log-level", level])
+        assert (options.config.log_format, options.config.log_level) == (fmt, level)
         application = Application("presence")
         makeService(options).setServiceParent(application)
         observer = application.getComponent(ILogObserver, None)
-        assert ILogObserver.providedBy(observer) if fmt == "json" else observer is None
+        assert ILogObserver.providedBy(observer) if ours else observer is None
+
+
+def test_the_level_leaves_out_less_severe_events(capsys: pytest.CaptureFixture[str]) -> None:
+    observer = observer_for("text", {"nodaemon": True}, "info")
+    assert observer is not None
+    for level, text in [(LogLevel.debug, "a debug line"), (LogLevel.info, "an info line")]:
+        observer({"log_level": level, "log_format": text, "log_namespace": "t", "log_time": 0.0})
+    out = capsys.readouterr().out
+    assert "an info line" in out and "a debug line" not in out
 
 
 def test_log_format_is_checked_once() -> None:
     with pytest.raises(SystemExit, match="--log-format must be one of text, json, not 'xml'"):
         Options().parseOptions(["--log-format", "xml"])
-    assert observer_for("text", None) is None
+    assert observer_for("text", None, "debug") is None
+    with pytest.raises(SystemExit, match="--log-level must be one of debug, info, warn, error"):
+        Options().parseOptions(["--log-level", "loud"])
     assert build(Config(ports=())).log_observer is None
