@@ -18,6 +18,7 @@ from .core.auth import BadKey, JwtVerifier, verifier_from_public_key, verifier_f
 from .core.origins import parse_origins
 from .core.ratelimit import parse_rate
 from .options import choice, coerced, nonempty, number, readable_file
+from .room_options import ROOM_OPTIONS
 from .server.logs import LOG_OPTIONS, observer_for
 from .server.tls import ReloadableTLS, TLSConfigError, parse_ssl_port
 from .webhook_options import WEBHOOK_OPTIONS, WebhookURLOption, webhook_config
@@ -241,43 +242,7 @@ PARAMETERS: list[Sequence[Any]] = [
         "Bytes queued for a client that does not read before it is disconnected (1008).",
         number(int, 65536, "--max-send-buffer"),
     ],
-    # -- rooms --------------------------------------------------------------------------
-    [
-        "max-rooms-per-connection",
-        None,
-        DEFAULTS.max_rooms_per_connection,
-        "Rooms one connection may join; one more gets ERROR TOO_MANY_ROOMS.",
-        number(int, 1, "--max-rooms-per-connection"),
-    ],
-    [
-        "max-room-members",
-        None,
-        DEFAULTS.max_room_members,
-        "Users one room may hold; a new one gets ERROR ROOM_FULL (0: no cap).",
-        number(int, 0, "--max-room-members"),
-    ],
-    [
-        "room-batch-threshold",
-        None,
-        DEFAULTS.room_batch_threshold,
-        "Members past which a room's diffs are batched (one net ROOM_DIFF per interval).",
-        number(int, 0, "--room-batch-threshold"),
-    ],
-    [
-        "room-batch-interval",
-        None,
-        DEFAULTS.room_batch_interval,
-        "Seconds between the ROOM_DIFFs of a batched room.",
-        number(float, 0.05, "--room-batch-interval"),
-    ],
-    [
-        "room-list-limit",
-        None,
-        DEFAULTS.room_list_limit,
-        "Members past which ROOM_STATE lists only this many (complete: false) and diffs "
-        "carry only the count; page the rest with GET /rooms/{room}.",
-        number(int, 1, "--room-list-limit"),
-    ],
+    *ROOM_OPTIONS,
     *CLUSTER_OPTIONS,
     *LOG_OPTIONS,
     *WEBHOOK_OPTIONS,
