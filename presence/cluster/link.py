@@ -14,7 +14,6 @@ at once, on the injected clock, before the command's own Deferred fails.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -30,7 +29,6 @@ from twisted.python.failure import Failure
 from .options import RedisURL
 
 log = Logger()
-_SHA: dict[str, str] = {}  # script text -> its SHA1, for EVALSHA
 
 
 class RedisUnavailable(Exception):
@@ -236,22 +234,14 @@ class RedisLink:
         return defer.fail(RedisUnavailable(self.problem or "redis is down"))
 
     def eval(self, script: str, args: Sequence[Any]) -> defer.Deferred[Any]:
-        """EVALSHA by the script's hash (computed once per script), and EVAL only when Redis
-        does not have it (a fresh or restarted Redis): a burst of commands after a connect
-        does not send the script's text with every one of them."""
+        """txredisapi sends EVAL until Redis has answered one for this script, EVALSHA
+        after: commands keep the order they were sent in. (EVALSHA first with EVAL on
+        NOSCRIPT would not: in a burst before the script is loaded, a retried EVAL runs
+        after later commands that found the script by then.)"""
         command = self.command
         if command is None:
             return self._down()
-        sha = _SHA.get(script)
-        if sha is None:
-            sha = _SHA[script] = hashlib.sha1(script.encode()).hexdigest()
-        values = [str(a) for a in args]
-
-        def unknown(failure: Failure) -> Any:
-            failure.trap(txredisapi.ScriptDoesNotExist)
-            return command.eval(script, [], values)
-
-        d = defer.maybeDeferred(command.evalsha, sha, [], values).addErrback(unknown)
+        d = defer.maybeDeferred(command.eval, script, [], [str(a) for a in args])
         return self._reply(d, "a script", self._generation)
 
     def subscribe(self, channels: Iterable[str]) -> defer.Deferred[Any]:
