@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import hmac
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -135,24 +136,15 @@ class PresenceQuery(Resource):
                 )
             single = False
 
-        def answer(views: dict[str, UserView]) -> None:
+        def body(views: dict[str, UserView]) -> dict[str, Any]:
             if single:
-                user_id = ids[0]
-                body = {"userId": user_id, **user_json(views[user_id])}
-            else:
-                body = {"users": {u: user_json(v) for u, v in views.items()}}
-            request.write(json_response(request, 200, body))
-            request.finish()
+                return {"userId": ids[0], **user_json(views[ids[0]])}
+            return {"users": {u: user_json(v) for u, v in views.items()}}
 
-        def failed(failure: Failure) -> None:
-            request.write(json_error(request, 503, "UNAVAILABLE", "presence store unavailable"))
-            request.finish()
-
-        d = self.hub.lookup(ids)
-        d.addCallbacks(answer, failed)
-        return server.NOT_DONE_YET
+        return answer_later(request, self.hub.lookup(ids), body)
 
 
+T = TypeVar("T")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
@@ -177,6 +169,42 @@ def _query_int(request: Request, name: bytes, default: int, low: int, high: int)
     return value if low <= value <= high and len(raw) == 1 else None
 
 
+def cursor_text(user_id: str) -> str:
+    return base64.urlsafe_b64encode(user_id.encode()).rstrip(b"=").decode()
+
+
+def paging(request: Request) -> tuple[int, str | None] | bytes:
+    """A paged GET's ``limit`` and the userId its ``cursor`` names (None: the first page),
+    or the 400 to answer."""
+    limit = _query_int(request, b"limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    if limit is None:
+        return json_error(request, 400, "INVALID_LIMIT", f"limit must be 1 to {MAX_PAGE}")
+    raw = request.args.get(b"cursor")
+    if not raw:
+        return limit, None
+    after = _cursor(raw[0]) if len(raw) == 1 else None
+    if after is None:
+        return json_error(request, 400, "INVALID_CURSOR", "invalid cursor")
+    return limit, after
+
+
+def answer_later(
+    request: Request, d: defer.Deferred[T], body: Callable[[T], dict[str, Any]]
+) -> Any:
+    """Answer 200 with ``body(result)`` once the hub has, or 503 if it cannot."""
+
+    def answer(result: T) -> None:
+        request.write(json_response(request, 200, body(result)))
+        request.finish()
+
+    def failed(failure: Failure) -> None:
+        request.write(json_error(request, 503, "UNAVAILABLE", "presence store unavailable"))
+        request.finish()
+
+    d.addCallbacks(answer, failed)
+    return server.NOT_DONE_YET
+
+
 class RoomQuery(Resource):
     """GET /rooms/{room}?limit=&cursor=: the room's members, paged in userId order."""
 
@@ -196,34 +224,20 @@ class RoomQuery(Resource):
             room = ""
         if not wire.valid_room(room):
             return json_error(request, 400, "INVALID_ROOM", "invalid room name")
-        limit = _query_int(request, b"limit", DEFAULT_PAGE, 1, MAX_PAGE)
-        if limit is None:
-            return json_error(request, 400, "INVALID_LIMIT", f"limit must be 1 to {MAX_PAGE}")
-        after = None
-        raw = request.args.get(b"cursor")
-        if raw:
-            after = _cursor(raw[0]) if len(raw) == 1 else None
-            if after is None:
-                return json_error(request, 400, "INVALID_CURSOR", "invalid cursor")
+        paged = paging(request)
+        if isinstance(paged, bytes):
+            return paged
+        limit, after = paged
 
-        def answer(page: RoomPage) -> None:
-            body = {
+        def body(page: RoomPage) -> dict[str, Any]:
+            return {
                 "room": room,
                 "count": page.count,
                 "members": {u: member_json(m) for u, m in page.members.items()},
-                "next": None
-                if page.next is None
-                else base64.urlsafe_b64encode(page.next.encode()).rstrip(b"=").decode(),
+                "next": None if page.next is None else cursor_text(page.next),
             }
-            request.write(json_response(request, 200, body))
-            request.finish()
 
-        def failed(failure: Failure) -> None:
-            request.write(json_error(request, 503, "UNAVAILABLE", "presence store unavailable"))
-            request.finish()
-
-        self.hub.room_page(room, limit, after).addCallbacks(answer, failed)
-        return server.NOT_DONE_YET
+        return answer_later(request, self.hub.room_page(room, limit, after), body)
 
 
 class WebSocketEntry(Resource):
