@@ -1,7 +1,8 @@
 """GET /client/presence.js: the browser client this daemon was installed with.
 
-The file ships inside the package (presence/server/static/presence.js, package data; a test
-keeps it identical to clients/js/presence.js) and is read once, when the site is built.
+The file ships inside the package (presence/server/static/presence.js, package data: a link
+to clients/js/presence.js in the repository, the file itself in a wheel) and is read once,
+when the site is built.
 Any origin may import it (Access-Control-Allow-Origin: *); an ETag of its content lets
 browsers revalidate it cheaply (304 on If-None-Match)."""
 

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_the_wheel_carries_the_client(tmp_path: Path) -> None:
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=LEFT_BEHIND)
+    shutil.copytree(ROOT, source, ignore=LEFT_BEHIND, symlinks=True)  # as a checkout has it
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(source)],
@@ -34,6 +34,7 @@ def test_the_wheel_carries_the_client(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = tmp_path.glob("presence-*.whl")
+    assert (source / "presence" / "server" / "static" / "presence.js").is_symlink()
     with zipfile.ZipFile(wheel) as archive:
-        shipped = archive.read("presence/server/static/presence.js")
+        shipped = archive.read("presence/server/static/presence.js")  # the file, not a link
     assert shipped == (ROOT / "clients" / "js" / "presence.js").read_bytes()
