@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,20 +30,12 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rawws import free_port, message, read_frame, stop, upgrade
+
 from tests.support.redis_fixture import RedisServer
 
 NODES = 3
-
-
-def frame(payload: bytes) -> bytes:
-    n = len(payload)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
-    return head + b"\x00\x00\x00\x00" + payload  # a zero mask: the RFC allows it
-
-
-def message(kind: str, **payload: object) -> bytes:
-    body = {"type": kind, **({"payload": payload} if payload else {})}
-    return frame(json.dumps(body).encode())
 
 
 class Client:
@@ -56,22 +44,9 @@ class Client:
         self.writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = await upgrade(self.port, self.user_id)
         self.writer = writer
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET /?userId={self.user_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        await reader.readuntil(b"\r\n\r\n")
-        head = await reader.readexactly(2)
-        n = head[1] & 0x7F
-        if n == 126:
-            n = int.from_bytes(await reader.readexactly(2), "big")
-        await reader.readexactly(n)
+        await read_frame(reader)
         self.reader = reader  # CONNECT has arrived: the daemon counts the connection
         self.draining = asyncio.ensure_future(self._drain())
 
@@ -155,9 +130,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
     try:
         ports = []
         for i in range(NODES):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             ports.append(port)
             daemons.append(start_daemon(port, server.url, workdir / f"presence-{i}.log"))
         await until(lambda: all(healthy(p) for p in ports), "the daemons' start")
@@ -239,12 +212,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
                 c.writer.close()
     finally:
         for d in daemons:
-            d.send_signal(signal.SIGTERM)
-        for d in daemons:
-            try:
-                d.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                d.kill()
+            stop(d)
         server.stop()
 
 

@@ -25,30 +25,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import os
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rawws import cpu_seconds, free_port, message, read_frame, stop, upgrade
+
 ROOM = "bench:hall"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def frame(payload: bytes) -> bytes:
-    n = len(payload)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
-    return head + b"\x00\x00\x00\x00" + payload  # a zero mask: the RFC allows it
 
 
 class Member:
@@ -68,38 +55,17 @@ class Member:
             # closed by the bench once it has its figures
 
     async def _run(self, port: int, user_id: str, room: str, joined: asyncio.Event) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await upgrade(port, user_id)
         self.writer = writer
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET /?userId={user_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(frame(json.dumps({"type": "JOIN", "payload": {"room": room}}).encode()))
+        writer.write(message("JOIN", room=room))
         while True:
-            head = await reader.readexactly(2)
-            n = head[1] & 0x7F
-            if n == 126:
-                n = int.from_bytes(await reader.readexactly(2), "big")
-            elif n == 127:
-                n = int.from_bytes(await reader.readexactly(8), "big")
-            payload = await reader.readexactly(n)
-            if head[0] & 0x0F != 1:
+            opcode, payload = await read_frame(reader)
+            if opcode != 1:
                 continue
             if payload.startswith(b'{"type":"ROOM_STATE"'):
                 joined.set()
             elif payload.startswith(b'{"type":"ROOM_DIFF"') and self.counting:
                 self.diffs += 1
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(port: int, name: str) -> float:
@@ -209,11 +175,7 @@ async def bench(args: argparse.Namespace) -> None:
         for task in asyncio.all_tasks() - {asyncio.current_task()}:
             task.cancel()  # the members' readers
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop(daemon)
         log.close()
 
 
