@@ -82,8 +82,7 @@ local function settle(uid, now, ttl, ending)
   redis.call('HSET', ukey, 'st', st, 'md', md, 'ls', '', 'lc', lc)
   redis.call('HDEL', ukey, 'g', 'ea')
   redis.call('PERSIST', ukey)
-  redis.call('SADD', P .. 'present', uid)
-  online_add(uid)
+  if redis.call('SADD', P .. 'present', uid) == 1 then online_add(uid) end  -- newly present
   if st == ost and md == omd and ols == '' then return 0 end
   publish(uid, redis.call('HINCRBY', ukey, 'v', 1), st, lc, '', md)
   wh_user(ost == 'offline' and 'user.online' or 'user.updated', uid, stamp(now), st, md, '', lc)
