@@ -36,7 +36,7 @@ test: lint typecheck
 	$(BIN)/pytest
 
 # Against the Node reference peer in ../shared/bench (needs node and npm): every figure,
-# fan-out at 100/500/1000 watchers and holds of 1,000/10,000/19,900 included, in one run.
+# fan-out at 100/500/1000/5000 watchers and holds of 1,000/10,000/19,900 included, in one run.
 bench: $(BIN)/.installed
 	$(PYTHON) bench/all.py
 

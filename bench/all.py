@@ -2,10 +2,11 @@
 """Every figure against the reference peer, in one run (`make bench`).
 
 Reuses ../shared/bench/compare.py (fresh processes, alternating servers, medians and the
-ratio ours/peer) and adds scenarios it does not have: fan-out at 500 and 1000 watchers,
-and holding 1,000 and 19,900 idle connections (RSS per connection as connections grow; the
-heartbeat p99 at the most one process can hold under the 20,000 open-file limit). Run from
-the project root after `make test`:
+ratio ours/peer) and adds scenarios it does not have: fan-out at 500, 1000 and 5000
+watchers (the cost per delivered diff as watchers grow), and holding 1,000 and 19,900 idle
+connections (RSS per connection as connections grow; the heartbeat p99 at the most one
+process can hold under the 20,000 open-file limit). Run from the project root after
+`make test`:
 
     python3 bench/all.py [--rounds 3] [--modes throughput,fanout,...] [--shared ../shared/bench]
 """
@@ -24,6 +25,7 @@ FANOUT = {
     "fanout": (100, 10, 200),
     "fanout-500": (500, 10, 100),
     "fanout-1000": (1000, 10, 50),
+    "fanout-5000": (5000, 10, 10),
 }
 HOLD = {"hold-1000": 1000, "hold": 10_000, "hold-19900": 19_900}
 ALL = ["throughput", *FANOUT, "connect", *HOLD]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fan-out against the reference peer at 100, 500 and 1000 watchers, in one run
+"""Fan-out against the reference peer at 100, 500, 1000 and 5000 watchers, in one run
 (`make bench-fanout`; `make bench` runs these with every other figure). Run from the
 project root after `make test`:
 

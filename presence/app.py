@@ -172,6 +172,7 @@ def protocol_config(config: Config) -> ProtocolConfig:
         rate_seconds=config.rate_seconds,
         max_connections=config.max_connections,
         max_send_buffer=config.max_send_buffer,
+        log_connections=config.log_level == "debug",
     )
 
 

@@ -12,7 +12,8 @@ from twisted.logger import Logger
 from ..core import wire
 from ..core.auth import JwtVerifier, TokenRejected, bearer
 from ..core.grants import ALL, Grants
-from .fastpath import NO_QUEUE, FastPathProtocol
+from .fastpath import NO_QUEUE
+from .upgrade import UpgradeProtocol
 
 if TYPE_CHECKING:
     from .factory import PresenceFactory
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-class AdmittingProtocol(FastPathProtocol):
+class AdmittingProtocol(UpgradeProtocol):
     factory: PresenceFactory
 
     user_id: str | None = None

@@ -36,6 +36,9 @@ class ProtocolConfig:
     rate_seconds: float = 10.0
     max_connections: int = 0  # 0: no cap of our own
     max_send_buffer: int = 4 * 1024 * 1024
+    # The debug line per connection opened and closed: made only when --log-level debug
+    # would write it (at 1,000 connections a second, building events nobody reads costs).
+    log_connections: bool = True
 
 
 def _accept_deflate(max_message_size: int) -> Callable[[list[Any]], Any]:
@@ -48,6 +51,37 @@ def _accept_deflate(max_message_size: int) -> Callable[[list[Any]], Any]:
         return None
 
     return accept
+
+
+def protocol_options(config: ProtocolConfig) -> dict[str, Any]:
+    """Autobahn's defaults are open; every option is set here on purpose."""
+    return dict(
+        versions=[13],
+        webStatus=False,
+        utf8validateIncoming=True,
+        maskServerFrames=False,
+        requireMaskedClientFrames=True,
+        applyMask=True,
+        maxFramePayloadSize=config.max_message_size,
+        maxMessagePayloadSize=config.max_message_size,
+        autoFragmentSize=0,
+        failByDrop=False,
+        echoCloseCodeReason=False,
+        openHandshakeTimeout=config.open_handshake_timeout,
+        closeHandshakeTimeout=config.close_handshake_timeout,
+        tcpNoDelay=True,
+        perMessageCompressionAccept=(
+            _accept_deflate(config.max_message_size) if config.compression else lambda o: None
+        ),
+        autoPingInterval=0,
+        autoPingTimeout=0,
+        serveFlashSocketPolicy=False,
+        # Origins are decided in onConnect (a 403; Autobahn's own check answers 400).
+        allowedOrigins=["*"],
+        allowNullOrigin=True,
+        maxConnections=0,
+        trustXForwardedFor=0,
+    )
 
 
 class PresenceFactory(WebSocketServerFactory):
@@ -66,34 +100,7 @@ class PresenceFactory(WebSocketServerFactory):
         self.config = config
         self.clock = clock
         self.origins = OriginPolicy(config.allowed_origins)
-        # Autobahn's defaults are open; every option is set here on purpose.
-        self.setProtocolOptions(
-            versions=[13],
-            webStatus=False,
-            utf8validateIncoming=True,
-            maskServerFrames=False,
-            requireMaskedClientFrames=True,
-            applyMask=True,
-            maxFramePayloadSize=config.max_message_size,
-            maxMessagePayloadSize=config.max_message_size,
-            autoFragmentSize=0,
-            failByDrop=False,
-            echoCloseCodeReason=False,
-            openHandshakeTimeout=config.open_handshake_timeout,
-            closeHandshakeTimeout=config.close_handshake_timeout,
-            tcpNoDelay=True,
-            perMessageCompressionAccept=(
-                _accept_deflate(config.max_message_size) if config.compression else lambda o: None
-            ),
-            autoPingInterval=0,
-            autoPingTimeout=0,
-            serveFlashSocketPolicy=False,
-            # Origins are decided in onConnect (a 403; Autobahn's own check answers 400).
-            allowedOrigins=["*"],
-            allowNullOrigin=True,
-            maxConnections=0,
-            trustXForwardedFor=0,
-        )
+        self.setProtocolOptions(**protocol_options(config))
         # What every connection reads on the hot path, once on a class of this factory's.
         self.protocol = type(  # type: ignore[assignment]
             "PresenceProtocol",

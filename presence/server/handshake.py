@@ -32,6 +32,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http
 
+from .upgrade import PlainUpgrade, plain_upgrade
+
 log = Logger()
 
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0
@@ -45,6 +47,7 @@ _UPGRADE_HEAD = re.compile(
 )
 _PREFIXES = (b"GET / ", b"GET /?")
 _NOT_DIRECT = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+_NOT_DIRECT_TEXT = frozenset(name.decode() for name in _NOT_DIRECT)
 
 
 def _may_be_upgrade(data: bytes | bytearray) -> bool:
@@ -55,6 +58,13 @@ def _may_be_upgrade(data: bytes | bytearray) -> bool:
 def direct_upgrade(data: bytes, max_bytes: int, max_headers: int) -> bool | None:
     """Is ``data`` (a connection's first bytes) an opening handshake for "/" that
     twisted.web would pass to Autobahn unchanged? None: cannot tell yet."""
+    found = upgrade_request(data, max_bytes, max_headers)
+    return found if found is None or isinstance(found, bool) else True
+
+
+def upgrade_request(data: bytes, max_bytes: int, max_headers: int) -> PlainUpgrade | bool | None:
+    """As ``direct_upgrade``, but a plain upgrade (the handshake nearly every client sends)
+    comes back read: a ``PlainUpgrade``, so that the protocol does not read it again."""
     if not _may_be_upgrade(data):
         return False
     end = data.find(b"\r\n\r\n")
@@ -62,6 +72,15 @@ def direct_upgrade(data: bytes, max_bytes: int, max_headers: int) -> bool | None
         return None if len(data) <= max_bytes else False
     if end + 4 != len(data) or end + 4 > max_bytes:
         return False
+    plain = plain_upgrade(data)
+    if (
+        plain is not None
+        and plain.path == "/"
+        and len(plain.headers) <= max_headers
+        and plain.headers["upgrade"].lower() == "websocket"
+        and _NOT_DIRECT_TEXT.isdisjoint(plain.headers)
+    ):
+        return plain
     match = _UPGRADE_HEAD.fullmatch(data)
     if match is None:
         return False
@@ -121,10 +140,21 @@ class HandshakeChannel(http.HTTPChannel):
     _sniffing = False  # the first request, while it may still be a direct upgrade
     _sniffed: bytearray | None = None  # what came of it so far, when not all at once
 
+    _http_started = False  # HTTPChannel's own connectionMade has run
+
     def connectionMade(self) -> None:
-        super().connectionMade()
-        self._arm()
+        # While the first request may still be a direct upgrade, HTTPChannel's set-up (its
+        # idle timer, its producer on the transport, Nagle off) waits: a direct upgrade
+        # never needs it, and the deadline above covers a client that sends nothing. With
+        # no deadline the idle timer is what ends such a client: it starts at once.
         self._sniffing = self.websocket is not None
+        if not self._sniffing or self.handshake_timeout <= 0:
+            self._start_http()
+        self._arm()
+
+    def _start_http(self) -> None:
+        self._http_started = True
+        super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
@@ -143,26 +173,30 @@ class HandshakeChannel(http.HTTPChannel):
                     return
                 data = bytes(sniffed)
                 self._sniffed = None
-            direct = direct_upgrade(data, self.totalHeadersSize, self.maxHeaders)
+            direct = upgrade_request(data, self.totalHeadersSize, self.maxHeaders)
             if direct is None:
                 self._sniffed = bytearray(data)
                 self.resetTimeout()
                 return
             self._sniffing = False
             if direct:
-                self._upgrade(data)
+                self._upgrade(data, None if direct is True else direct)
                 return
+            if not self._http_started:
+                self._start_http()
         super().dataReceived(data)
 
-    def _upgrade(self, head: bytes) -> None:
+    def _upgrade(self, head: bytes, plain: PlainUpgrade | None) -> None:
         """What WebSocketEntry and WebSocketResource do, without the Request."""
         self._disarm()
-        release_channel(self)
+        if self._http_started:
+            release_channel(self)
         transport: Any = self.transport
         self.transport = None
         protocol = self.websocket.buildProtocol(transport.getPeer())
+        protocol.head_complete = True
         hand_over(transport, protocol)
-        protocol.dataReceived(head)
+        protocol.upgrade(head, plain)
 
     def allContentReceived(self) -> None:
         self._disarm()

@@ -95,9 +95,12 @@ class PresenceProtocol(AdmittingProtocol):
                 wire.iso(factory.clock.seconds()),
             )
         )
-        log.debug(
-            "connect {connection_id} user={user_id!r}", connection_id=conn.id, user_id=conn.user_id
-        )
+        if config.log_connections:
+            log.debug(
+                "connect {connection_id} user={user_id!r}",
+                connection_id=conn.id,
+                user_id=conn.user_id,
+            )
         for payload, binary in early:
             self.on_text(payload, binary)
 
@@ -271,6 +274,8 @@ class PresenceProtocol(AdmittingProtocol):
                 self.ended_early = (now, clean)
             return
         self.factory.hub.close(conn, now, clean)
+        if not self.factory.config.log_connections:
+            return
         log.debug(
             "disconnect {connection_id} user={user_id!r} code={code} reason={reason!r}",
             connection_id=conn.id,

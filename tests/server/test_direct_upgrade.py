@@ -217,7 +217,7 @@ def test_the_direct_path_skips_twisted_web(entry_calls: list[bytes]) -> None:
     assert entry_calls == []
     assert channel.requests == []
     assert channel.transport is None
-    assert channel._networkProducer is None  # released
+    assert getattr(channel, "_networkProducer", None) is None  # never registered
     assert client.link.server.producer is client.ws  # registered at onOpen, nobody else
     made.clock.advance(60)
     assert not client.aborted  # the handshake deadline is off
@@ -258,3 +258,17 @@ def test_a_handshake_in_pieces_goes_direct(entry_calls: list[bytes], size: int) 
     assert client.status == 101
     assert entry_calls == []
     assert client.read_message()["type"] == "CONNECT"
+
+
+def test_http_set_up_waits_for_a_request_that_is_no_direct_upgrade() -> None:
+    """HTTPChannel's idle timer and producer wait while the first request may still be a
+    direct upgrade (the handshake deadline runs from the start); without a deadline the
+    idle timer is what ends a silent client, so it starts at once."""
+    waiting = Harness().open()
+    channel = waiting.http_channel
+    assert channel._TimeoutMixin__timeoutCall is None and channel._deadline is not None
+    waiting.feed(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert channel._TimeoutMixin__timeoutCall is not None  # twisted.web's from here on, as before
+    assert waiting.link.server.producer is channel
+    at_once = Harness(handshake_timeout=0).open().http_channel
+    assert at_once._TimeoutMixin__timeoutCall is not None and at_once._deadline is None

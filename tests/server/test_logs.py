@@ -230,3 +230,29 @@ def test_log_format_is_checked_once() -> None:
     with pytest.raises(SystemExit, match="--log-level must be one of debug, info, warn, error"):
         Options().parseOptions(["--log-level", "loud"])
     assert build(Config(ports=())).log_observer is None
+
+
+@pytest.mark.parametrize("level, lines", [("debug", 2), ("info", 0)])
+def test_the_line_per_connection_is_made_only_at_the_debug_level(level: str, lines: int) -> None:
+    from twisted.logger import globalLogPublisher
+
+    from tests.support.harness import Harness
+
+    made = Harness(log_level=level)
+    seen: list[dict[str, Any]] = []
+
+    def observer(e: dict[str, Any]) -> None:
+        if e.get("log_namespace") == "presence.server.ws":
+            seen.append(e)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        client = made.open()
+        client.request()
+        assert client.read_message()["type"] == "CONNECT"
+        client.send({"type": "DISCONNECT"})
+        made.flush()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    formats = [e["log_format"] for e in seen]
+    assert len([f for f in formats if f.startswith(("connect ", "disconnect "))]) == lines
