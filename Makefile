@@ -7,7 +7,7 @@ PORT ?= 3000
 # does not place it in site-packages).
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test lint typecheck unit e2e bench bench-fanout bench-rooms clean
+.PHONY: run test lint typecheck unit e2e bench bench-fanout bench-rooms bench-memory clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(BIN)/.installed
 
 bench-fanout: $(BIN)/.installed
 	$(PYTHON) bench/fanout.py
+
+# What one idle connection costs, part by part (tracemalloc, /proc/slabinfo; loopback only).
+bench-memory: $(BIN)/.installed
+	$(BIN)/python bench/conn_cost.py
 
 # A room of 10,000 members and a join storm of 5,000 users in 10 s (loopback only).
 bench-rooms: $(BIN)/.installed
