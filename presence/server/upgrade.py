@@ -179,8 +179,40 @@ class UpgradeProtocol(FastPathProtocol):
     _details: TransportDetails | None = None
 
     def __init__(self) -> None:
-        super().__init__()
-        self._details = None  # Autobahn's placeholder; see _transport_details
+        # WebSocketProtocol.__init__ makes two Deferreds and a placeholder TransportDetails
+        # for every connection; here they are made when first read (see below).
+        self.set_valid_events(["message"])
+
+    # is_open and is_closed: Autobahn's Deferreds for whoever waits on the connection (no
+    # one here). Made when first read; resolving one reads it, so Autobahn's own paths
+    # work as before. A plain upgrade only remembers that it opened (see _succeed).
+    _is_open: Any = None
+    _is_closed: Any = None
+    _open_done = False
+
+    @property
+    def is_open(self) -> Any:
+        future = self._is_open
+        if future is None:
+            future = self._is_open = txaio.create_future()  # type: ignore[attr-defined]
+            if self._open_done:
+                txaio.resolve(future, None)  # type: ignore[attr-defined]
+        return future
+
+    @is_open.setter
+    def is_open(self, future: Any) -> None:
+        self._is_open = future
+
+    @property
+    def is_closed(self) -> Any:
+        future = self._is_closed
+        if future is None:
+            future = self._is_closed = txaio.create_future()  # type: ignore[attr-defined]
+        return future
+
+    @is_closed.setter
+    def is_closed(self, future: Any) -> None:
+        self._is_closed = future
 
     @property
     def _transport_details(self) -> TransportDetails:
@@ -314,7 +346,10 @@ class UpgradeProtocol(FastPathProtocol):
             call.cancel()
             self.openHandshakeTimeoutCall = None
         self._onOpen()
-        txaio.resolve(self.is_open, None)  # type: ignore[attr-defined]
+        if self._is_open is None:
+            self._open_done = True  # is_open, when first read, is resolved
+        else:
+            txaio.resolve(self._is_open, None)  # type: ignore[attr-defined]
         if self.data:
             self.consumeData()
 

@@ -199,3 +199,18 @@ def test_closing_twice_is_harmless(model: PresenceModel) -> None:
     conn, _ = model.open("c1", "alice", FakePeer(), now=0)
     model.close(conn, now=1, clean=True)
     assert model.close(conn, now=2, clean=True) == []
+
+
+def test_connections_that_never_watch_share_one_empty_set(model: PresenceModel) -> None:
+    """Memory: no set of its own until the first SUBSCRIBE; watching one user gives a
+    connection its own, and nobody else's changes."""
+    first, _ = model.open("c1", "alice", FakePeer(), now=0)
+    second, _ = model.open("c2", "bob", FakePeer(), now=0)
+    assert first.watching is second.watching and not first.watching
+    model.unsubscribe(first, ["carol"])  # nothing watched: nothing to end
+    model.subscribe(first, [])
+    assert first.watching is second.watching
+    model.subscribe(first, ["carol"])
+    assert first.watching == {"carol"} and not second.watching
+    model.unsubscribe(first, ["carol"])
+    assert not first.watching and model.subscription_count == 0

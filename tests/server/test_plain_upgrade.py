@@ -13,7 +13,9 @@ from autobahn.websocket.types import ConnectionDeny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from presence.server.factory import ProtocolConfig, protocol_options
 from presence.server.upgrade import UpgradeProtocol, plain_upgrade
@@ -260,3 +262,37 @@ def handshakes(draw: Any) -> bytes:
 @given(handshakes())
 def test_any_handshake_has_the_same_outcome_on_both_paths(data: bytes) -> None:
     same(data)
+
+
+def opened(protocol: type, data: bytes) -> Any:
+    proto = factory(protocol).buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    proto.requests, proto.opened = [], False
+    proto.makeConnection(TCPLike())
+    proto.dataReceived(data)
+    return proto
+
+
+@pytest.mark.parametrize("target, fired", [("/?userId=alice", True), ("/?userId=deny", False)])
+def test_is_open_and_is_closed_fire_as_autobahns_do(target: str, fired: bool) -> None:
+    """Ours are made when first read: is_open fired once the handshake succeeded (never
+    when it failed), is_closed once the connection ended, on both paths alike."""
+    seen = []
+    for protocol in (Autobahn, Ours):
+        proto = opened(protocol, head(*PLAIN, target=target))
+        after_handshake = (proto.is_open.called, proto.is_closed.called)
+        proto.connectionLost(Failure(ConnectionDone()))
+        seen.append((after_handshake, proto.is_open.called, proto.is_closed.called))
+        if proto.openHandshakeTimeoutCall is not None:
+            proto.openHandshakeTimeoutCall.cancel()
+    assert seen[0] == seen[1]
+    assert seen[1][0][0] is fired and seen[1][2]
+
+
+def test_is_open_read_before_the_handshake_fires_when_it_succeeds() -> None:
+    proto = factory(Ours).buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    proto.requests, proto.opened = [], False
+    proto.makeConnection(TCPLike())
+    waiting = proto.is_open
+    assert not waiting.called
+    proto.dataReceived(head(*PLAIN))
+    assert waiting.called and proto.is_open is waiting
