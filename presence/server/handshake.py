@@ -22,7 +22,6 @@ which answers it exactly as before.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -32,7 +31,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http
 
-from .upgrade import PlainUpgrade, plain_upgrade
+from .upgrade import PlainUpgrade, plain_request, read_head
 
 log = Logger()
 
@@ -40,14 +39,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 DEFAULT_MAX_HEADER_BYTES = 16384
 
 
-# The opening handshake the direct upgrade takes: request line, then header lines (token
-# name, colon, printable ASCII or HTAB), then the blank line, and nothing else.
-_UPGRADE_HEAD = re.compile(
-    rb"GET /(?:\?[!-~]*)? HTTP/1\.1\r\n((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)+)\r\n"
-)
 _PREFIXES = (b"GET / ", b"GET /?")
-_NOT_DIRECT = frozenset((b"content-length", b"transfer-encoding", b"expect"))
-_NOT_DIRECT_TEXT = frozenset(name.decode() for name in _NOT_DIRECT)
+_NOT_DIRECT = frozenset(("content-length", "transfer-encoding", "expect"))
 
 
 def _may_be_upgrade(data: bytes | bytearray) -> bool:
@@ -72,32 +65,20 @@ def upgrade_request(data: bytes, max_bytes: int, max_headers: int) -> PlainUpgra
         return None if len(data) <= max_bytes else False
     if end + 4 != len(data) or end + 4 > max_bytes:
         return False
-    plain = plain_upgrade(data)
+    # The opening handshake the direct upgrade takes: request line, then header lines
+    # (token name, colon, printable ASCII or HTAB), then the blank line, and nothing else.
+    read = read_head(data)
+    if read is None:
+        return False
+    target, headers = read
     if (
-        plain is not None
-        and plain.path == "/"
-        and len(plain.headers) <= max_headers
-        and plain.headers["upgrade"].lower() == "websocket"
-        and _NOT_DIRECT_TEXT.isdisjoint(plain.headers)
+        (target != "/" and not target.startswith("/?"))
+        or len(headers) > max_headers
+        or not _NOT_DIRECT.isdisjoint(headers)
+        or headers.get("upgrade", "").lower() != "websocket"
     ):
-        return plain
-    match = _UPGRADE_HEAD.fullmatch(data)
-    if match is None:
         return False
-    lines = match.group(1).split(b"\r\n")[:-1]
-    if len(lines) > max_headers:
-        return False
-    names = set()
-    upgrade = b""
-    for line in lines:
-        name, _, value = line.partition(b":")
-        name = name.lower()
-        if name in names or name in _NOT_DIRECT:
-            return False
-        names.add(name)
-        if name == b"upgrade":
-            upgrade = value.strip(b" \t").lower()
-    return upgrade == b"websocket"
+    return plain_request(target, headers) or True
 
 
 def release_channel(channel: Any) -> None:

@@ -5,8 +5,9 @@ made when first read. The values Autobahn reads are the ones it would have set."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import txaio
 from autobahn.twisted.util import create_transport_details, peer2str
@@ -16,6 +17,35 @@ from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet import tcp
 
 from .fastpath import DIRECT, NO_QUEUE, FastPathProtocol
+
+P = TypeVar("P")
+T = TypeVar("T")
+
+
+def _future() -> Any:
+    return txaio.create_future()  # type: ignore[attr-defined]
+
+
+class MadeWhenRead(Generic[P, T]):
+    """An attribute Autobahn sets on every connection, made when first read instead (and
+    kept in ``slot``); assigning one sets it, as before."""
+
+    def __init__(self, slot: str, make: Callable[[P], T]) -> None:
+        self.slot = slot
+        self.make = make
+
+    def __get__(self, protocol: P, owner: Any = None) -> T:
+        if protocol is None:  # read on the class
+            return self  # type: ignore[return-value]
+        value: T | None = getattr(protocol, self.slot)
+        if value is None:
+            value = self.make(protocol)
+            setattr(protocol, self.slot, value)
+        return value
+
+    def __set__(self, protocol: P, value: T) -> None:
+        setattr(protocol, self.slot, value)
+
 
 # Autobahn counts every connection's traffic into an object of its own that nothing here
 # reads: one shared sink instead of one each.
@@ -63,71 +93,39 @@ class LeanProtocol(FastPathProtocol):
     # answered at once, so no opening-handshake timer is armed for it (see upgrade.py).
     head_complete = False
 
-    _utf8validator: Utf8Validator | None = None
-
-    @property
-    def utf8validator(self) -> Utf8Validator:
-        """Made when a message first needs it (the fast path validates in one step)."""
-        validator = self._utf8validator
-        if validator is None:
-            validator = self._utf8validator = Utf8Validator()
-        return validator
-
-    @utf8validator.setter
-    def utf8validator(self, validator: Utf8Validator) -> None:
-        self._utf8validator = validator
-
-    _details: TransportDetails | None = None
-
     def __init__(self) -> None:
         # WebSocketProtocol.__init__ makes two Deferreds and a placeholder TransportDetails
-        # for every connection; here they are made when first read (see below).
+        # for every connection; here they are made when first read (below).
         self.set_valid_events(["message"])
 
-    # is_open and is_closed: Autobahn's Deferreds for whoever waits on the connection (no
-    # one here). Made when first read; resolving one reads it, so Autobahn's own paths
-    # work as before. A plain upgrade only remembers that it opened (``_open_done``).
+    def _open_future(self) -> Any:
+        future = _future()
+        if self._open_done:
+            txaio.resolve(future, None)  # type: ignore[attr-defined]
+        return future
+
+    def _describe(self) -> TransportDetails:
+        details = create_transport_details(cast(Any, self.transport), True)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        return details
+
+    # Made when a fragmented message first needs it (the fast path validates in one step).
+    _utf8validator: Utf8Validator | None = None
+    utf8validator = MadeWhenRead["LeanProtocol", Utf8Validator](
+        "_utf8validator", lambda protocol: Utf8Validator()
+    )
+    # Autobahn's Deferreds for whoever waits on the connection (no one here). Resolving one
+    # reads it, so Autobahn's own paths work as before; a plain upgrade only remembers that
+    # it opened (``_open_done``), and is_open is resolved when it is made.
     _is_open: Any = None
     _is_closed: Any = None
     _open_done = False
-
-    @property
-    def is_open(self) -> Any:
-        future = self._is_open
-        if future is None:
-            future = self._is_open = txaio.create_future()  # type: ignore[attr-defined]
-            if self._open_done:
-                txaio.resolve(future, None)  # type: ignore[attr-defined]
-        return future
-
-    @is_open.setter
-    def is_open(self, future: Any) -> None:
-        self._is_open = future
-
-    @property
-    def is_closed(self) -> Any:
-        future = self._is_closed
-        if future is None:
-            future = self._is_closed = txaio.create_future()  # type: ignore[attr-defined]
-        return future
-
-    @is_closed.setter
-    def is_closed(self, future: Any) -> None:
-        self._is_closed = future
-
-    @property
-    def _transport_details(self) -> TransportDetails:
-        """Autobahn's description of the transport, made when first read: over plain TCP
-        nothing reads it (TLS reads it when the connection opens)."""
-        details = self._details
-        if details is None:
-            details = self._details = create_transport_details(cast(Any, self.transport), True)
-            details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
-        return details
-
-    @_transport_details.setter
-    def _transport_details(self, details: TransportDetails) -> None:
-        self._details = details
+    is_open = MadeWhenRead["LeanProtocol", Any]("_is_open", _open_future)
+    is_closed = MadeWhenRead["LeanProtocol", Any]("_is_closed", lambda protocol: _future())
+    # Autobahn's description of the transport: over TCP and UNIX nothing reads it (TLS
+    # reads it when the connection opens).
+    _details: TransportDetails | None = None
+    _transport_details = MadeWhenRead["LeanProtocol", TransportDetails]("_details", _describe)
 
     def connectionMade(self) -> None:
         """Autobahn's, with the transport details left until read, for TCP and UNIX."""

@@ -58,23 +58,38 @@ def _has_token(value: str, token: str) -> bool:
     return any(part.strip().lower() == token for part in value.split(","))
 
 
-def plain_upgrade(head: bytes) -> PlainUpgrade | None:
-    """``head``: a request up to and including its blank line. What Autobahn's
-    processHandshake would read from it, or None when it is not a plain upgrade (Autobahn
-    then decides)."""
+def read_head(head: bytes) -> tuple[str, dict[str, str]] | None:
+    """``head``: a request up to and including its blank line. Its target and its headers
+    (by lower-case name, values without the spaces around them) when it is a GET over
+    HTTP/1.1 of an absolute path, made of well-formed lines, with no header twice; else
+    None."""
     match = _PLAIN_HEAD.fullmatch(head)
     if match is None:
         return None
-    uri = match.group(1).decode("ascii")
-    if uri.startswith("//") or "#" in uri or ";" in uri:
-        return None  # a netloc, a fragment or path parameters: urlparse's to split
     headers: dict[str, str] = {}
     for line in match.group(2).decode("ascii").split("\r\n")[:-1]:
         name, _, value = line.partition(":")
         name = name.lower()
-        if name in headers or name in _GENERAL:
+        if name in headers:
             return None
         headers[name] = value.strip(" \t")
+    return match.group(1).decode("ascii"), headers
+
+
+def plain_upgrade(head: bytes) -> PlainUpgrade | None:
+    """What Autobahn's processHandshake would read from ``head`` (a request up to and
+    including its blank line), or None when it is not a plain upgrade (Autobahn then
+    decides)."""
+    read = read_head(head)
+    return None if read is None else plain_request(*read)
+
+
+def plain_request(uri: str, headers: dict[str, str]) -> PlainUpgrade | None:
+    """``plain_upgrade`` of a head ``read_head`` has read."""
+    if uri.startswith("//") or "#" in uri or ";" in uri:
+        return None  # a netloc, a fragment or path parameters: urlparse's to split
+    if not _GENERAL.isdisjoint(headers):
+        return None
     host = headers.get("host")
     upgrade = headers.get("upgrade")
     connection = headers.get("connection")
